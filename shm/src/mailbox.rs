@@ -1,0 +1,313 @@
+//! A process's inbox (all lanes addressed to it, one eventfd) and its outboxes
+//! (one lane to each peer plus that peer's wake-up).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::lane::{Consumer, Producer};
+use crate::wake::{self, Sleeper, WakeTarget};
+use crate::{Descriptor, ProcId, Region, ShmError};
+
+/// Builds the inbox and outboxes of one process from the region and the
+/// eventfds of every process (indexed by [`ProcId`]).
+#[derive(Clone)]
+pub struct Wiring {
+    region: Arc<Region>,
+    me: ProcId,
+    efds: Vec<Arc<OwnedFd>>,
+}
+
+impl Wiring {
+    pub fn new(
+        region: Arc<Region>,
+        me: ProcId,
+        efds: Vec<Arc<OwnedFd>>,
+    ) -> Result<Wiring, ShmError> {
+        let procs = region.layout().topology().procs();
+        if efds.len() != procs {
+            return Err(ShmError::BadLayout(format!(
+                "{} eventfds for {procs} processes",
+                efds.len()
+            )));
+        }
+        if me.0 as usize >= procs {
+            return Err(ShmError::BadLayout(format!(
+                "process {me:?} is not in a region of {procs}"
+            )));
+        }
+        Ok(Wiring { region, me, efds })
+    }
+
+    pub fn me(&self) -> ProcId {
+        self.me
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    pub fn inbox(&self) -> Inbox {
+        let layout = self.region.layout();
+        let lanes = layout
+            .topology()
+            .lane_pairs()
+            .filter(|&(_, to)| to == self.me)
+            .map(|(from, to)| {
+                let lane = layout
+                    .lane(from, to)
+                    .expect("pair comes from the topology; this is a bug");
+                (from, Consumer::new(self.region.clone(), lane))
+            })
+            .collect();
+        Inbox {
+            sleeper: Sleeper::new(self.region.clone(), self.me),
+            efd: self.efds[self.me.0 as usize].clone(),
+            lanes,
+            next: 0,
+        }
+    }
+
+    /// The outbox to `to`, or `None` if the topology has no lane there.
+    pub fn outbox(&self, to: ProcId) -> Option<Outbox> {
+        let lane = self.region.layout().lane(self.me, to)?;
+        Some(Outbox {
+            to,
+            producer: Mutex::new(Producer::new(self.region.clone(), lane)),
+            target: WakeTarget::new(self.region.clone(), to, self.efds[to.0 as usize].clone()),
+        })
+    }
+
+    /// A handle that wakes this process's own inbox from another thread.
+    pub fn self_waker(&self) -> SelfWaker {
+        SelfWaker(self.efds[self.me.0 as usize].clone())
+    }
+}
+
+/// Wakes the owning process's inbox wait unconditionally (for local threads:
+/// a finished batch, a shutdown request).
+#[derive(Clone)]
+pub struct SelfWaker(Arc<OwnedFd>);
+
+impl SelfWaker {
+    pub fn wake(&self) {
+        wake::signal(&*self.0);
+    }
+}
+
+/// Sends to one peer. Several threads may share it; the lock makes them one
+/// producer, as the lane requires.
+pub struct Outbox {
+    to: ProcId,
+    producer: Mutex<Producer>,
+    target: WakeTarget,
+}
+
+impl Outbox {
+    pub fn to(&self) -> ProcId {
+        self.to
+    }
+
+    /// Publishes `d` and wakes the peer if it sleeps.
+    pub fn send(&self, d: &Descriptor) -> Result<(), ShmError> {
+        let pushed = {
+            let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            p.push(d)
+        };
+        match pushed {
+            Ok(()) => {
+                self.target.notify();
+                Ok(())
+            }
+            Err(_) => Err(ShmError::Full { to: self.to }),
+        }
+    }
+
+    /// Entries waiting in the lane (the peer's backlog from us).
+    pub fn backlog(&self) -> usize {
+        self.producer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+/// Everything addressed to one process.
+pub struct Inbox {
+    sleeper: Sleeper,
+    efd: Arc<OwnedFd>,
+    lanes: Vec<(ProcId, Consumer)>,
+    next: usize,
+}
+
+impl Inbox {
+    /// Takes one entry, visiting lanes round-robin so that no sender starves.
+    pub fn try_recv(&mut self) -> Option<(ProcId, Descriptor)> {
+        let n = self.lanes.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let (from, lane) = &mut self.lanes[i];
+            if let Some(d) = lane.pop() {
+                self.next = (i + 1) % n;
+                return Some((*from, d));
+            }
+        }
+        None
+    }
+
+    fn all_empty(&self) -> bool {
+        self.lanes.iter().all(|(_, l)| l.is_empty())
+    }
+
+    /// Waits for an entry: spins for `spin` first (a wake-up from sleep costs
+    /// 20–55 µs on the reference VM, a spinning peer sees it in ~0.1 µs), then
+    /// sleeps on the eventfd. Returns `None` when `timeout` passes or another
+    /// thread calls [`SelfWaker::wake`].
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        spin: Duration,
+    ) -> Option<(ProcId, Descriptor)> {
+        if let Some(x) = self.try_recv() {
+            return Some(x);
+        }
+        let start = Instant::now();
+        while start.elapsed() < spin {
+            std::hint::spin_loop();
+            if let Some(x) = self.try_recv() {
+                return Some(x);
+            }
+        }
+        if self.arm() {
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            wake::wait(&*self.efd, left);
+            wake::drain(&*self.efd);
+        }
+        self.disarm();
+        self.try_recv()
+    }
+
+    /// Announces sleep and re-checks the lanes: `true` means nothing arrived
+    /// and the caller may block on [`Inbox::fd`]; `false` means work arrived
+    /// (the flag is already cleared). For callers with their own event loop.
+    pub fn arm(&self) -> bool {
+        self.sleeper.arm();
+        if self.all_empty() {
+            true
+        } else {
+            self.sleeper.disarm();
+            false
+        }
+    }
+
+    pub fn disarm(&self) {
+        self.sleeper.disarm();
+    }
+
+    /// Resets the eventfd after a wake-up (for callers with their own loop).
+    pub fn clear(&self) {
+        wake::drain(&*self.efd);
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+
+    /// Entries waiting in all lanes.
+    pub fn backlog(&self) -> usize {
+        self.lanes.iter().map(|(_, l)| l.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LayoutParams, SlotClass, Topology};
+
+    fn wiring(me: ProcId) -> (Wiring, Vec<Arc<OwnedFd>>) {
+        let p = LayoutParams::new(
+            Topology {
+                gpus: 1,
+                preprocs: 2,
+            },
+            1,
+            8,
+            &[SlotClass {
+                size: 4096,
+                count: 1,
+            }],
+        )
+        .unwrap();
+        let region = Arc::new(Region::heap(&p).unwrap());
+        let efds: Vec<Arc<OwnedFd>> = (0..4)
+            .map(|_| {
+                Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap())
+            })
+            .collect();
+        (Wiring::new(region, me, efds.clone()).unwrap(), efds)
+    }
+
+    #[test]
+    fn sleeping_receiver_is_woken_by_a_sender_in_another_thread() {
+        let (w, _) = wiring(ProcId(1));
+        let mut inbox = w.inbox();
+        let region = w.region().clone();
+        let efds: Vec<_> = (0..4).map(|i| w.efds[i].clone()).collect();
+        let sender = Wiring::new(region, ProcId(2), efds).unwrap();
+        let out = sender.outbox(ProcId(1)).unwrap();
+        let t = std::thread::spawn(move || {
+            for i in 0..1000u64 {
+                let d = Descriptor {
+                    request_id: i,
+                    ..Default::default()
+                };
+                while out.send(&d).is_err() {
+                    std::thread::yield_now();
+                }
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(2)); // let the receiver fall asleep
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            // A generous timeout: a lost wake-up would show up as this test taking
+            // minutes, and the order check below still holds.
+            if let Some((from, d)) = inbox.recv(Some(Duration::from_secs(60)), Duration::ZERO) {
+                assert_eq!(from, ProcId(2));
+                got.push(d.request_id);
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn no_lane_between_preproc_workers() {
+        let (w, _) = wiring(ProcId(2));
+        assert!(w.outbox(ProcId(3)).is_none());
+        assert!(w.outbox(ProcId(0)).is_some());
+    }
+
+    #[test]
+    fn self_waker_interrupts_a_wait() {
+        let (w, _) = wiring(ProcId(0));
+        let mut inbox = w.inbox();
+        let waker = w.self_waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            waker.wake();
+        });
+        let start = Instant::now();
+        assert!(
+            inbox
+                .recv(Some(Duration::from_secs(30)), Duration::ZERO)
+                .is_none()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "woken before the timeout"
+        );
+        t.join().unwrap();
+    }
+}

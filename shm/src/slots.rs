@@ -1,0 +1,356 @@
+//! Fixed-size data slots in a few size classes.
+//!
+//! Each slot has an owner word in shared memory: 0 when free, otherwise the
+//! owning process's id + 1. Allocation is a CAS from 0; sending a slot to
+//! another process stores the receiver as owner before the descriptor is
+//! published; freeing stores 0. Only the owner touches a slot's bytes, so a
+//! [`Slot`] can hand out plain slices. When a process dies, the supervisor
+//! finds everything it owned by scanning the owner words ([`SlotPool::reclaim`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::layout::SLOT_META;
+use crate::{ProcId, Region, ShmError};
+
+/// Allocator view of the region's slots; cheap to clone, one per thread is fine.
+#[derive(Clone)]
+pub struct SlotPool {
+    region: Arc<Region>,
+    /// Per class, where the next scan starts (process-local, a hint only).
+    hints: Arc<[AtomicU32]>,
+}
+
+/// A slot this process owns. Dropping it frees the slot; [`Slot::send_to`]
+/// hands it to another process instead.
+pub struct Slot {
+    region: Arc<Region>,
+    index: u32,
+    size: usize,
+    data_off: usize,
+}
+
+fn code(p: ProcId) -> u32 {
+    p.0 as u32 + 1
+}
+
+impl SlotPool {
+    pub fn new(region: Arc<Region>) -> SlotPool {
+        let classes = region.layout().params.classes as usize;
+        let hints = (0..classes).map(|_| AtomicU32::new(0)).collect();
+        SlotPool { region, hints }
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    fn owner_word(&self, index: u32) -> &AtomicU32 {
+        self.region
+            .atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META)
+    }
+
+    fn request_word(&self, index: u32) -> &std::sync::atomic::AtomicU64 {
+        self.region
+            .atomic_u64(self.region.layout().slot_meta_offset + index as usize * SLOT_META + 8)
+    }
+
+    /// The largest payload one slot can hold.
+    pub fn largest(&self) -> usize {
+        let p = &self.region.layout().params;
+        p.class_sizes[p.classes as usize - 1] as usize
+    }
+
+    /// Takes a free slot of at least `min_len` bytes for `owner`, trying the
+    /// smallest class that fits first and spilling into larger ones.
+    pub fn alloc(&self, min_len: usize, owner: ProcId, request_id: u64) -> Result<Slot, ShmError> {
+        let layout = self.region.layout();
+        for (class, &(first, _)) in layout.class_starts.iter().enumerate() {
+            let size = layout.params.class_sizes[class] as usize;
+            if size < min_len {
+                continue;
+            }
+            let count = layout.params.class_counts[class];
+            let start = self.hints[class].load(Ordering::Relaxed) % count;
+            for k in 0..count {
+                let i = (start + k) % count;
+                let index = first + i;
+                let word = self.owner_word(index);
+                // Relaxed pre-check avoids a CAS (and cache-line steal) on busy slots.
+                if word.load(Ordering::Relaxed) != 0 {
+                    continue;
+                }
+                // Acquire: the previous owner's accesses happen before ours (it freed
+                // with a Release store).
+                if word
+                    .compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.hints[class].store(i + 1, Ordering::Relaxed);
+                    self.request_word(index)
+                        .store(request_id, Ordering::Relaxed);
+                    return Ok(self.slot(index));
+                }
+            }
+        }
+        Err(ShmError::NoSlot {
+            wanted: min_len,
+            largest: self.largest(),
+        })
+    }
+
+    fn slot(&self, index: u32) -> Slot {
+        let (_, size, data_off) = self
+            .region
+            .layout()
+            .slot(index)
+            .expect("slot index checked; this is a bug");
+        Slot {
+            region: self.region.clone(),
+            index,
+            size,
+            data_off,
+        }
+    }
+
+    /// Takes ownership of a slot that `from` sent to `me` in a descriptor,
+    /// checking that the descriptor is consistent with the region.
+    pub fn adopt(
+        &self,
+        from: ProcId,
+        me: ProcId,
+        index: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Slot, ShmError> {
+        let total = self.region.layout().total_slots;
+        if index >= total {
+            return Err(ShmError::BadSlot {
+                from,
+                slot: index,
+                count: total,
+            });
+        }
+        let slot = self.slot(index);
+        // Acquire: pairs with the sender's Release store of us as owner.
+        let owner = self.owner_word(index).load(Ordering::Acquire);
+        if owner != code(me) {
+            // Not ours: do not free it on drop.
+            std::mem::forget(slot);
+            return Err(ShmError::BadSlot {
+                from,
+                slot: index,
+                count: total,
+            });
+        }
+        let end = offset as u64 + len as u64;
+        if end > slot.size as u64 {
+            // The slot is ours but the descriptor is garbage: dropping `slot` frees it.
+            return Err(ShmError::BadRange {
+                slot: index,
+                offset: offset as u64,
+                end,
+                capacity: slot.size,
+            });
+        }
+        Ok(slot)
+    }
+
+    /// Frees every slot owned by `dead` and returns the request ids they held
+    /// (deduplicated). Only for the supervisor, after `dead` has exited and
+    /// before its replacement starts.
+    pub fn reclaim(&self, dead: ProcId) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for index in 0..self.region.layout().total_slots {
+            let word = self.owner_word(index);
+            if word
+                .compare_exchange(code(dead), 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                ids.push(self.request_word(index).load(Ordering::Relaxed));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Free and total slot counts per class, smallest class first.
+    pub fn occupancy(&self) -> Vec<(usize, u32, u32)> {
+        let layout = self.region.layout();
+        layout
+            .class_starts
+            .iter()
+            .enumerate()
+            .map(|(c, &(first, _))| {
+                let count = layout.params.class_counts[c];
+                let used = (first..first + count)
+                    .filter(|&i| self.owner_word(i).load(Ordering::Relaxed) != 0)
+                    .count();
+                (layout.params.class_sizes[c] as usize, used as u32, count)
+            })
+            .collect()
+    }
+}
+
+impl Slot {
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.size
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        let p = self.region.ptr_at(self.data_off, self.size);
+        // SAFETY: the slot is in bounds; this process owns it (owner word), and by
+        // the ownership protocol no other process reads or writes an owned slot.
+        unsafe { std::slice::from_raw_parts(p, self.size) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let p = self.region.ptr_at(self.data_off, self.size);
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique within
+        // this process.
+        unsafe { std::slice::from_raw_parts_mut(p, self.size) }
+    }
+
+    /// `len` bytes at `offset`, or an error if that range is outside the slot.
+    pub fn bytes(&self, offset: usize, len: usize) -> Result<&[u8], ShmError> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.size);
+        match end {
+            Some(end) => Ok(&self.as_slice()[offset..end]),
+            None => Err(ShmError::BadRange {
+                slot: self.index,
+                offset: offset as u64,
+                end: offset as u64 + len as u64,
+                capacity: self.size,
+            }),
+        }
+    }
+
+    /// Gives the slot to `to` and returns its index for the descriptor. The
+    /// caller must publish the descriptor next; the slot is no longer ours.
+    pub fn send_to(self, to: ProcId) -> u32 {
+        let index = self.index;
+        let word = self
+            .region
+            .atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META);
+        // Release: our writes to the slot happen before the receiver's reads (the
+        // lane's Release/Acquire also orders them; this keeps the word honest).
+        word.store(code(to), Ordering::Release);
+        std::mem::forget(self);
+        index
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let word = self
+            .region
+            .atomic_u32(self.region.layout().slot_meta_offset + self.index as usize * SLOT_META);
+        // Release: our accesses to the bytes happen before the next owner's.
+        word.store(0, Ordering::Release);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({}, {} bytes)", self.index, self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LayoutParams, SlotClass, Topology};
+
+    fn pool() -> SlotPool {
+        let p = LayoutParams::new(
+            Topology {
+                gpus: 1,
+                preprocs: 1,
+            },
+            1,
+            4,
+            &[
+                SlotClass {
+                    size: 4096,
+                    count: 2,
+                },
+                SlotClass {
+                    size: 16384,
+                    count: 1,
+                },
+            ],
+        )
+        .unwrap();
+        SlotPool::new(Arc::new(Region::heap(&p).unwrap()))
+    }
+
+    #[test]
+    fn smallest_fitting_class_then_spill_then_exhaustion() {
+        let pool = pool();
+        let me = ProcId(0);
+        let a = pool.alloc(100, me, 1).unwrap();
+        let b = pool.alloc(4096, me, 2).unwrap();
+        assert_eq!((a.capacity(), b.capacity()), (4096, 4096));
+        let c = pool.alloc(1, me, 3).unwrap();
+        assert_eq!(c.capacity(), 16384, "spills into the larger class");
+        assert!(matches!(pool.alloc(1, me, 4), Err(ShmError::NoSlot { .. })));
+        assert!(matches!(
+            pool.alloc(20000, me, 4),
+            Err(ShmError::NoSlot { largest: 16384, .. })
+        ));
+        drop(a);
+        assert_eq!(
+            pool.alloc(10, me, 5).unwrap().capacity(),
+            4096,
+            "freed slot is reused"
+        );
+        drop((b, c));
+    }
+
+    #[test]
+    fn send_adopt_and_reject_foreign_descriptors() {
+        let pool = pool();
+        let (a, b) = (ProcId(0), ProcId(1));
+        let mut s = pool.alloc(10, a, 42).unwrap();
+        s.as_mut_slice()[..3].copy_from_slice(b"abc");
+        let idx = s.send_to(b);
+        assert!(
+            pool.adopt(a, a, idx, 0, 3).is_err(),
+            "the sender no longer owns it"
+        );
+        assert!(pool.adopt(a, b, 999, 0, 1).is_err(), "no such slot");
+        let got = pool.adopt(a, b, idx, 0, 3).unwrap();
+        assert_eq!(got.bytes(0, 3).unwrap(), b"abc");
+        assert!(got.bytes(4095, 2).is_err());
+        let idx = got.send_to(b);
+        // A descriptor whose range is wrong frees the slot: it is ours and useless.
+        assert!(
+            pool.adopt(a, b, idx, 4090, 100).is_err(),
+            "range beyond the slot"
+        );
+        assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
+    }
+
+    #[test]
+    fn reclaim_frees_a_dead_owners_slots_and_names_their_requests() {
+        let pool = pool();
+        let (a, dead) = (ProcId(0), ProcId(1));
+        let s1 = pool.alloc(10, a, 7).unwrap().send_to(dead);
+        let s2 = pool.alloc(10, a, 7).unwrap().send_to(dead);
+        let keep = pool.alloc(10, a, 9).unwrap();
+        assert_ne!(s1, s2);
+        assert_eq!(pool.reclaim(dead), vec![7]);
+        assert_eq!(
+            pool.occupancy()[0].1,
+            0,
+            "both small slots are free again; `keep` took the large one"
+        );
+        drop(keep);
+        assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
+    }
+}
