@@ -53,7 +53,7 @@ fn recv(inbox: &mut shm::Inbox) -> (ProcId, Descriptor) {
 
 fn payload(i: u64) -> Vec<u8> {
     (0..1000 + (i % 3000))
-        .map(|k| (k as u64 * 31 + i) as u8)
+        .map(|k| (k * 31 + i) as u8)
         .collect()
 }
 
