@@ -6,9 +6,7 @@ use crate::ProcId;
 pub enum ShmError {
     #[error("shared memory: {0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "shared-memory region is not a highserve region (magic {found:#x}, expected {expected:#x})"
-    )]
+    #[error("shared-memory region is not a highserve region (magic {found:#x}, expected {expected:#x})")]
     BadMagic { found: u64, expected: u64 },
     #[error("shared-memory layout version {found} does not match this binary's version {expected}")]
     BadVersion { found: u32, expected: u32 },
@@ -20,19 +18,10 @@ pub enum ShmError {
         "no free shared-memory slot of at least {wanted} bytes (largest slot class is {largest} bytes; raise [shm] slot counts or sizes)"
     )]
     NoSlot { wanted: usize, largest: usize },
-    #[error(
-        "descriptor from {from:?} refers to slot {slot}, which does not exist (the region has {count} slots)"
-    )]
+    #[error("descriptor from {from:?} refers to slot {slot}, which does not exist (the region has {count} slots)")]
     BadSlot { from: ProcId, slot: u32, count: u32 },
-    #[error(
-        "descriptor refers to bytes {offset}..{end} of slot {slot}, which holds {capacity} bytes"
-    )]
-    BadRange {
-        slot: u32,
-        offset: u64,
-        end: u64,
-        capacity: usize,
-    },
+    #[error("descriptor refers to bytes {offset}..{end} of slot {slot}, which holds {capacity} bytes")]
+    BadRange { slot: u32, offset: u64, end: u64, capacity: usize },
     #[error("malformed tensor table in slot: {0}")]
     BadTable(String),
     #[error("the lane to {to:?} is full")]

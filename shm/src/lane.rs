@@ -25,19 +25,10 @@ struct LaneRef {
 impl LaneRef {
     fn new(region: Arc<Region>, lane: usize) -> LaneRef {
         let layout = region.layout();
-        assert!(
-            lane < layout.lanes,
-            "lane {lane} out of range; this is a bug"
-        );
+        assert!(lane < layout.lanes, "lane {lane} out of range; this is a bug");
         let base = layout.lane_offset(lane);
         let cap = layout.params.lane_capacity as u64;
-        LaneRef {
-            head_off: base,
-            tail_off: base + 64,
-            buf_off: base + LANE_HEADER,
-            cap,
-            region,
-        }
+        LaneRef { head_off: base, tail_off: base + 64, buf_off: base + LANE_HEADER, cap, region }
     }
 
     fn head(&self) -> &AtomicU64 {
@@ -121,11 +112,7 @@ impl Consumer {
     pub fn new(region: Arc<Region>, lane: usize) -> Consumer {
         let lane = LaneRef::new(region, lane);
         let cached_tail = lane.tail().load(Ordering::Acquire);
-        Consumer {
-            lane,
-            cached_tail,
-            corrupt: 0,
-        }
+        Consumer { lane, cached_tail, corrupt: 0 }
     }
 
     /// Takes the oldest entry, if any.
@@ -177,27 +164,13 @@ mod tests {
     use crate::{LayoutParams, ProcId, SlotClass, Topology};
 
     fn region(cap: usize) -> Arc<Region> {
-        let p = LayoutParams::new(
-            Topology {
-                gpus: 1,
-                preprocs: 1,
-            },
-            1,
-            cap,
-            &[SlotClass {
-                size: 4096,
-                count: 1,
-            }],
-        )
-        .unwrap();
+        let p = LayoutParams::new(Topology { gpus: 1, preprocs: 1 }, 1, cap, &[SlotClass { size: 4096, count: 1 }])
+            .unwrap();
         Arc::new(Region::heap(&p).unwrap())
     }
 
     fn d(i: u64) -> Descriptor {
-        Descriptor {
-            request_id: i,
-            ..Default::default()
-        }
+        Descriptor { request_id: i, ..Default::default() }
     }
 
     #[test]
@@ -210,17 +183,11 @@ mod tests {
         for i in 0..4 {
             p.push(&d(i)).unwrap();
         }
-        assert_eq!(
-            p.push(&d(99)).unwrap_err().request_id,
-            99,
-            "full lane gives the entry back"
-        );
+        assert_eq!(p.push(&d(99)).unwrap_err().request_id, 99, "full lane gives the entry back");
         assert_eq!(c.len(), 4);
         assert_eq!(c.pop().unwrap().request_id, 0);
         p.push(&d(4)).unwrap();
-        let rest: Vec<u64> = std::iter::from_fn(|| c.pop())
-            .map(|d| d.request_id)
-            .collect();
+        let rest: Vec<u64> = std::iter::from_fn(|| c.pop()).map(|d| d.request_id).collect();
         assert_eq!(rest, vec![1, 2, 3, 4]);
         assert!(c.is_empty());
     }
@@ -251,11 +218,7 @@ mod tests {
         assert_eq!(c.corrupt_count(), 1);
         let mut p = Producer::new(r.clone(), lane);
         p.push(&d(7)).unwrap();
-        assert_eq!(
-            c.pop().unwrap().request_id,
-            7,
-            "the lane works again after the skip"
-        );
+        assert_eq!(c.pop().unwrap().request_id, 7, "the lane works again after the skip");
     }
 
     #[test]
@@ -279,11 +242,7 @@ mod tests {
         while next < N {
             if let Some(x) = c.pop() {
                 assert_eq!(x.request_id, next);
-                assert_eq!(
-                    x.aux,
-                    next.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    "torn entry"
-                );
+                assert_eq!(x.aux, next.wrapping_mul(0x9E37_79B9_7F4A_7C15), "torn entry");
                 next += 1;
             }
         }

@@ -44,10 +44,7 @@ impl Topology {
     }
 
     pub fn preproc(&self, index: u16) -> ProcId {
-        debug_assert!(
-            index < self.preprocs,
-            "preproc index out of range; this is a bug"
-        );
+        debug_assert!(index < self.preprocs, "preproc index out of range; this is a bug");
         ProcId(1 + self.gpus + index)
     }
 
@@ -76,11 +73,7 @@ impl Topology {
     /// Every ordered pair that has a lane, in lane-index order.
     pub fn lane_pairs(&self) -> impl Iterator<Item = (ProcId, ProcId)> + '_ {
         let n = self.procs() as u16;
-        (0..n).flat_map(move |f| {
-            (0..n)
-                .map(move |t| (ProcId(f), ProcId(t)))
-                .filter(|&(a, b)| self.connected(a, b))
-        })
+        (0..n).flat_map(move |f| (0..n).map(move |t| (ProcId(f), ProcId(t))).filter(|&(a, b)| self.connected(a, b)))
     }
 }
 
@@ -138,18 +131,12 @@ impl LayoutParams {
     }
 
     pub fn topology(&self) -> Topology {
-        Topology {
-            gpus: self.gpus as u16,
-            preprocs: self.preprocs as u16,
-        }
+        Topology { gpus: self.gpus as u16, preprocs: self.preprocs as u16 }
     }
 
     pub fn slot_classes(&self) -> Vec<SlotClass> {
         (0..self.classes as usize)
-            .map(|i| SlotClass {
-                size: self.class_sizes[i] as usize,
-                count: self.class_counts[i],
-            })
+            .map(|i| SlotClass { size: self.class_sizes[i] as usize, count: self.class_counts[i] })
             .collect()
     }
 }
@@ -181,15 +168,10 @@ impl Layout {
         let bad = |m: String| Err(ShmError::BadLayout(m));
         let cap = p.lane_capacity as usize;
         if !cap.is_power_of_two() || !(2..=1 << 20).contains(&cap) {
-            return bad(format!(
-                "lane capacity {cap} must be a power of two between 2 and 1048576"
-            ));
+            return bad(format!("lane capacity {cap} must be a power of two between 2 and 1048576"));
         }
         if p.classes == 0 || p.classes as usize > MAX_CLASSES {
-            return bad(format!(
-                "{} slot classes; 1 to {MAX_CLASSES} are accepted",
-                p.classes
-            ));
+            return bad(format!("{} slot classes; 1 to {MAX_CLASSES} are accepted", p.classes));
         }
         if p.gpus == 0 || p.preprocs == 0 || p.gpus + p.preprocs > 4096 {
             return bad(format!(
@@ -215,9 +197,7 @@ impl Layout {
         for i in 0..p.classes as usize {
             let size = p.class_sizes[i] as usize;
             if size == 0 || !size.is_multiple_of(SLOT_ALIGN) {
-                return bad(format!(
-                    "slot size {size} must be a positive multiple of {SLOT_ALIGN} bytes"
-                ));
+                return bad(format!("slot size {size} must be a positive multiple of {SLOT_ALIGN} bytes"));
             }
             if size > u32::MAX as usize {
                 return bad(format!("slot size {size} is over the 4 GiB limit"));
@@ -233,10 +213,7 @@ impl Layout {
         if total_slots >= u32::MAX as u64 {
             return bad(format!("{total_slots} slots; fewer than 2^32 are accepted"));
         }
-        let mut off = align_up(
-            slot_meta_offset + total_slots as usize * SLOT_META,
-            SLOT_ALIGN,
-        );
+        let mut off = align_up(slot_meta_offset + total_slots as usize * SLOT_META, SLOT_ALIGN);
         let mut first = 0u32;
         let mut class_starts = Vec::new();
         for i in 0..p.classes as usize {
@@ -286,8 +263,7 @@ impl Layout {
 
     pub fn stats_offset_of(&self, gpu: u16, model: u16) -> usize {
         self.stats_offset
-            + (gpu as usize * self.params.models as usize + model as usize)
-                * crate::stats::MODEL_STATS_LEN
+            + (gpu as usize * self.params.models as usize + model as usize) * crate::stats::MODEL_STATS_LEN
     }
 
     /// Class index, size and data offset of a global slot index.
@@ -309,22 +285,10 @@ mod tests {
 
     fn params() -> LayoutParams {
         LayoutParams::new(
-            Topology {
-                gpus: 1,
-                preprocs: 3,
-            },
+            Topology { gpus: 1, preprocs: 3 },
             2,
             64,
-            &[
-                SlotClass {
-                    size: 1 << 20,
-                    count: 4,
-                },
-                SlotClass {
-                    size: 64 << 10,
-                    count: 10,
-                },
-            ],
+            &[SlotClass { size: 1 << 20, count: 4 }, SlotClass { size: 64 << 10, count: 10 }],
         )
         .unwrap()
     }
@@ -362,65 +326,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_parameters() {
-        let topo = Topology {
-            gpus: 1,
-            preprocs: 1,
-        };
-        let one = [SlotClass {
-            size: 4096,
-            count: 1,
-        }];
-        assert!(
-            LayoutParams::new(topo, 1, 100, &one).is_err(),
-            "capacity not a power of two"
-        );
-        assert!(
-            LayoutParams::new(
-                topo,
-                1,
-                64,
-                &[SlotClass {
-                    size: 1000,
-                    count: 1
-                }]
-            )
-            .is_err()
-        );
-        assert!(
-            LayoutParams::new(
-                topo,
-                1,
-                64,
-                &[SlotClass {
-                    size: 4096,
-                    count: 0
-                }]
-            )
-            .is_err()
-        );
+        let topo = Topology { gpus: 1, preprocs: 1 };
+        let one = [SlotClass { size: 4096, count: 1 }];
+        assert!(LayoutParams::new(topo, 1, 100, &one).is_err(), "capacity not a power of two");
+        assert!(LayoutParams::new(topo, 1, 64, &[SlotClass { size: 1000, count: 1 }]).is_err());
+        assert!(LayoutParams::new(topo, 1, 64, &[SlotClass { size: 4096, count: 0 }]).is_err());
         assert!(LayoutParams::new(topo, 1, 64, &[]).is_err());
-        let dup = [
-            SlotClass {
-                size: 4096,
-                count: 1,
-            },
-            SlotClass {
-                size: 4096,
-                count: 2,
-            },
-        ];
+        let dup = [SlotClass { size: 4096, count: 1 }, SlotClass { size: 4096, count: 2 }];
         assert!(LayoutParams::new(topo, 1, 64, &dup).is_err());
-        assert!(
-            LayoutParams::new(
-                Topology {
-                    gpus: 0,
-                    preprocs: 1
-                },
-                1,
-                64,
-                &one
-            )
-            .is_err()
-        );
+        assert!(LayoutParams::new(Topology { gpus: 0, preprocs: 1 }, 1, 64, &one).is_err());
     }
 }

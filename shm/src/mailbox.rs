@@ -19,22 +19,13 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    pub fn new(
-        region: Arc<Region>,
-        me: ProcId,
-        efds: Vec<Arc<OwnedFd>>,
-    ) -> Result<Wiring, ShmError> {
+    pub fn new(region: Arc<Region>, me: ProcId, efds: Vec<Arc<OwnedFd>>) -> Result<Wiring, ShmError> {
         let procs = region.layout().topology().procs();
         if efds.len() != procs {
-            return Err(ShmError::BadLayout(format!(
-                "{} eventfds for {procs} processes",
-                efds.len()
-            )));
+            return Err(ShmError::BadLayout(format!("{} eventfds for {procs} processes", efds.len())));
         }
         if me.0 as usize >= procs {
-            return Err(ShmError::BadLayout(format!(
-                "process {me:?} is not in a region of {procs}"
-            )));
+            return Err(ShmError::BadLayout(format!("process {me:?} is not in a region of {procs}")));
         }
         Ok(Wiring { region, me, efds })
     }
@@ -54,9 +45,7 @@ impl Wiring {
             .lane_pairs()
             .filter(|&(_, to)| to == self.me)
             .map(|(from, to)| {
-                let lane = layout
-                    .lane(from, to)
-                    .expect("pair comes from the topology; this is a bug");
+                let lane = layout.lane(from, to).expect("pair comes from the topology; this is a bug");
                 (from, Consumer::new(self.region.clone(), lane))
             })
             .collect();
@@ -125,10 +114,7 @@ impl Outbox {
 
     /// Entries waiting in the lane (the peer's backlog from us).
     pub fn backlog(&self) -> usize {
-        self.producer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.producer.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -163,11 +149,7 @@ impl Inbox {
     /// 20–55 µs on the reference VM, a spinning peer sees it in ~0.1 µs), then
     /// sleeps on the eventfd. Returns `None` when `timeout` passes or another
     /// thread calls [`SelfWaker::wake`].
-    pub fn recv(
-        &mut self,
-        timeout: Option<Duration>,
-        spin: Duration,
-    ) -> Option<(ProcId, Descriptor)> {
+    pub fn recv(&mut self, timeout: Option<Duration>, spin: Duration) -> Option<(ProcId, Descriptor)> {
         if let Some(x) = self.try_recv() {
             return Some(x);
         }
@@ -225,24 +207,11 @@ mod tests {
     use crate::{LayoutParams, SlotClass, Topology};
 
     fn wiring(me: ProcId) -> (Wiring, Vec<Arc<OwnedFd>>) {
-        let p = LayoutParams::new(
-            Topology {
-                gpus: 1,
-                preprocs: 2,
-            },
-            1,
-            8,
-            &[SlotClass {
-                size: 4096,
-                count: 1,
-            }],
-        )
-        .unwrap();
+        let p =
+            LayoutParams::new(Topology { gpus: 1, preprocs: 2 }, 1, 8, &[SlotClass { size: 4096, count: 1 }]).unwrap();
         let region = Arc::new(Region::heap(&p).unwrap());
         let efds: Vec<Arc<OwnedFd>> = (0..4)
-            .map(|_| {
-                Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap())
-            })
+            .map(|_| Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap()))
             .collect();
         (Wiring::new(region, me, efds.clone()).unwrap(), efds)
     }
@@ -257,10 +226,7 @@ mod tests {
         let out = sender.outbox(ProcId(1)).unwrap();
         let t = std::thread::spawn(move || {
             for i in 0..1000u64 {
-                let d = Descriptor {
-                    request_id: i,
-                    ..Default::default()
-                };
+                let d = Descriptor { request_id: i, ..Default::default() };
                 while out.send(&d).is_err() {
                     std::thread::yield_now();
                 }
@@ -299,15 +265,8 @@ mod tests {
             waker.wake();
         });
         let start = Instant::now();
-        assert!(
-            inbox
-                .recv(Some(Duration::from_secs(30)), Duration::ZERO)
-                .is_none()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "woken before the timeout"
-        );
+        assert!(inbox.recv(Some(Duration::from_secs(30)), Duration::ZERO).is_none());
+        assert!(start.elapsed() < Duration::from_secs(30), "woken before the timeout");
         t.join().unwrap();
     }
 }

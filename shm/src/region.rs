@@ -91,17 +91,11 @@ impl Region {
     /// inheritable for its children (see [`crate::fd`]).
     pub fn create(name: &str, params: &LayoutParams) -> Result<Region, ShmError> {
         let layout = Layout::new(params)?;
-        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(std::io::Error::from)?;
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(std::io::Error::from)?;
         rustix::fs::ftruncate(&fd, layout.total_len as u64).map_err(std::io::Error::from)?;
         let region = Region::map(fd, layout)?;
-        let header = Header {
-            magic: MAGIC,
-            version: LAYOUT_VERSION,
-            _pad: 0,
-            total_len: region.len as u64,
-            params: *params,
-        };
+        let header =
+            Header { magic: MAGIC, version: LAYOUT_VERSION, _pad: 0, total_len: region.len as u64, params: *params };
         // SAFETY: the header area is HEADER_LEN bytes at the start of a mapping
         // of at least that size; no other process has the fd yet, so nothing
         // else reads or writes it concurrently.
@@ -116,37 +110,24 @@ impl Region {
         let stat = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
         let file_len = stat.st_size as usize;
         if file_len < HEADER_LEN {
-            return Err(ShmError::BadSize {
-                found: file_len,
-                expected: HEADER_LEN,
-            });
+            return Err(ShmError::BadSize { found: file_len, expected: HEADER_LEN });
         }
         let map = MmapOptions::new().len(HEADER_LEN).map_raw_read_only(&fd)?;
         let mut header = Header::zeroed();
         // SAFETY: the mapping is HEADER_LEN bytes long and readable; the header
         // was written once by the creator before the fd was shared.
-        let src =
-            unsafe { std::slice::from_raw_parts(map.as_ptr(), std::mem::size_of::<Header>()) };
+        let src = unsafe { std::slice::from_raw_parts(map.as_ptr(), std::mem::size_of::<Header>()) };
         bytemuck::bytes_of_mut(&mut header).copy_from_slice(src);
         drop(map);
         if header.magic != MAGIC {
-            return Err(ShmError::BadMagic {
-                found: header.magic,
-                expected: MAGIC,
-            });
+            return Err(ShmError::BadMagic { found: header.magic, expected: MAGIC });
         }
         if header.version != LAYOUT_VERSION {
-            return Err(ShmError::BadVersion {
-                found: header.version,
-                expected: LAYOUT_VERSION,
-            });
+            return Err(ShmError::BadVersion { found: header.version, expected: LAYOUT_VERSION });
         }
         let layout = Layout::new(&header.params)?;
         if header.total_len as usize != layout.total_len || file_len != layout.total_len {
-            return Err(ShmError::BadSize {
-                found: file_len,
-                expected: layout.total_len,
-            });
+            return Err(ShmError::BadSize { found: file_len, expected: layout.total_len });
         }
         Region::map(fd, layout)
     }
@@ -154,36 +135,22 @@ impl Region {
     fn map(fd: OwnedFd, layout: Layout) -> Result<Region, ShmError> {
         // MAP_POPULATE pre-faults every page: an untouched mapping costs about
         // 245 µs of page faults per 600 KB tensor copy (DESIGN.md).
-        let map = MmapOptions::new()
-            .len(layout.total_len)
-            .populate()
-            .map_raw(&fd)?;
-        let base = NonNull::new(map.as_mut_ptr())
-            .ok_or_else(|| ShmError::BadLayout("mmap returned a null pointer".into()))?;
-        Ok(Region {
-            base,
-            len: layout.total_len,
-            layout,
-            mapping: Mapping::Mmap { _map: map, fd },
-        })
+        let map = MmapOptions::new().len(layout.total_len).populate().map_raw(&fd)?;
+        let base =
+            NonNull::new(map.as_mut_ptr()).ok_or_else(|| ShmError::BadLayout("mmap returned a null pointer".into()))?;
+        Ok(Region { base, len: layout.total_len, layout, mapping: Mapping::Mmap { _map: map, fd } })
     }
 
     /// A region in ordinary heap memory with the same layout, for tests of the
     /// ring and slot algorithms within one process.
     pub fn heap(params: &LayoutParams) -> Result<Region, ShmError> {
         let layout = Layout::new(params)?;
-        let alloc =
-            std::alloc::Layout::from_size_align(layout.total_len, crate::layout::SLOT_ALIGN)
-                .map_err(|e| ShmError::BadLayout(e.to_string()))?;
+        let alloc = std::alloc::Layout::from_size_align(layout.total_len, crate::layout::SLOT_ALIGN)
+            .map_err(|e| ShmError::BadLayout(e.to_string()))?;
         // SAFETY: `alloc` has a non-zero size (the header alone is 4 KiB).
         let ptr = unsafe { std::alloc::alloc_zeroed(alloc) };
         let base = NonNull::new(ptr).ok_or_else(|| ShmError::BadLayout("out of memory".into()))?;
-        Ok(Region {
-            base,
-            len: layout.total_len,
-            layout,
-            mapping: Mapping::Heap { layout: alloc },
-        })
+        Ok(Region { base, len: layout.total_len, layout, mapping: Mapping::Heap { layout: alloc } })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -245,9 +212,7 @@ impl Region {
     }
 
     pub fn proc_state(&self, p: ProcId) -> ProcState {
-        self.proc(p)
-            .map(|e| ProcState::from_u32(e.state.load(Ordering::Acquire)))
-            .unwrap_or(ProcState::Down)
+        self.proc(p).map(|e| ProcState::from_u32(e.state.load(Ordering::Acquire))).unwrap_or(ProcState::Down)
     }
 
     pub fn set_proc_state(&self, p: ProcId, state: ProcState) {
@@ -270,9 +235,7 @@ impl Drop for Region {
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Region")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
+        f.debug_struct("Region").field("len", &self.len).finish_non_exhaustive()
     }
 }
 
@@ -282,19 +245,7 @@ mod tests {
     use crate::{SlotClass, Topology};
 
     fn params() -> LayoutParams {
-        LayoutParams::new(
-            Topology {
-                gpus: 1,
-                preprocs: 2,
-            },
-            1,
-            16,
-            &[SlotClass {
-                size: 8192,
-                count: 4,
-            }],
-        )
-        .unwrap()
+        LayoutParams::new(Topology { gpus: 1, preprocs: 2 }, 1, 16, &[SlotClass { size: 8192, count: 4 }]).unwrap()
     }
 
     #[test]
@@ -304,22 +255,12 @@ mod tests {
         let a = Region::attach(fd).unwrap();
         assert_eq!(a.layout().params, params());
         a.set_proc_state(ProcId(1), ProcState::Ready);
-        assert_eq!(
-            r.proc_state(ProcId(1)),
-            ProcState::Ready,
-            "both mappings see one memory"
-        );
+        assert_eq!(r.proc_state(ProcId(1)), ProcState::Ready, "both mappings see one memory");
 
         let junk = rustix::fs::memfd_create("junk", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&junk, 8192).unwrap();
-        assert!(matches!(
-            Region::attach(junk),
-            Err(ShmError::BadMagic { .. })
-        ));
+        assert!(matches!(Region::attach(junk), Err(ShmError::BadMagic { .. })));
         let tiny = rustix::fs::memfd_create("tiny", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        assert!(matches!(
-            Region::attach(tiny),
-            Err(ShmError::BadSize { .. })
-        ));
+        assert!(matches!(Region::attach(tiny), Err(ShmError::BadSize { .. })));
     }
 }

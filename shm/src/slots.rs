@@ -46,13 +46,11 @@ impl SlotPool {
     }
 
     fn owner_word(&self, index: u32) -> &AtomicU32 {
-        self.region
-            .atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META)
+        self.region.atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META)
     }
 
     fn request_word(&self, index: u32) -> &std::sync::atomic::AtomicU64 {
-        self.region
-            .atomic_u64(self.region.layout().slot_meta_offset + index as usize * SLOT_META + 8)
+        self.region.atomic_u64(self.region.layout().slot_meta_offset + index as usize * SLOT_META + 8)
     }
 
     /// The largest payload one slot can hold.
@@ -82,54 +80,27 @@ impl SlotPool {
                 }
                 // Acquire: the previous owner's accesses happen before ours (it freed
                 // with a Release store).
-                if word
-                    .compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if word.compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.hints[class].store(i + 1, Ordering::Relaxed);
-                    self.request_word(index)
-                        .store(request_id, Ordering::Relaxed);
+                    self.request_word(index).store(request_id, Ordering::Relaxed);
                     return Ok(self.slot(index));
                 }
             }
         }
-        Err(ShmError::NoSlot {
-            wanted: min_len,
-            largest: self.largest(),
-        })
+        Err(ShmError::NoSlot { wanted: min_len, largest: self.largest() })
     }
 
     fn slot(&self, index: u32) -> Slot {
-        let (_, size, data_off) = self
-            .region
-            .layout()
-            .slot(index)
-            .expect("slot index checked; this is a bug");
-        Slot {
-            region: self.region.clone(),
-            index,
-            size,
-            data_off,
-        }
+        let (_, size, data_off) = self.region.layout().slot(index).expect("slot index checked; this is a bug");
+        Slot { region: self.region.clone(), index, size, data_off }
     }
 
     /// Takes ownership of a slot that `from` sent to `me` in a descriptor,
     /// checking that the descriptor is consistent with the region.
-    pub fn adopt(
-        &self,
-        from: ProcId,
-        me: ProcId,
-        index: u32,
-        offset: u32,
-        len: u32,
-    ) -> Result<Slot, ShmError> {
+    pub fn adopt(&self, from: ProcId, me: ProcId, index: u32, offset: u32, len: u32) -> Result<Slot, ShmError> {
         let total = self.region.layout().total_slots;
         if index >= total {
-            return Err(ShmError::BadSlot {
-                from,
-                slot: index,
-                count: total,
-            });
+            return Err(ShmError::BadSlot { from, slot: index, count: total });
         }
         let slot = self.slot(index);
         // Acquire: pairs with the sender's Release store of us as owner.
@@ -137,21 +108,12 @@ impl SlotPool {
         if owner != code(me) {
             // Not ours: do not free it on drop.
             std::mem::forget(slot);
-            return Err(ShmError::BadSlot {
-                from,
-                slot: index,
-                count: total,
-            });
+            return Err(ShmError::BadSlot { from, slot: index, count: total });
         }
         let end = offset as u64 + len as u64;
         if end > slot.size as u64 {
             // The slot is ours but the descriptor is garbage: dropping `slot` frees it.
-            return Err(ShmError::BadRange {
-                slot: index,
-                offset: offset as u64,
-                end,
-                capacity: slot.size,
-            });
+            return Err(ShmError::BadRange { slot: index, offset: offset as u64, end, capacity: slot.size });
         }
         Ok(slot)
     }
@@ -163,10 +125,7 @@ impl SlotPool {
         let mut ids = Vec::new();
         for index in 0..self.region.layout().total_slots {
             let word = self.owner_word(index);
-            if word
-                .compare_exchange(code(dead), 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if word.compare_exchange(code(dead), 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 ids.push(self.request_word(index).load(Ordering::Relaxed));
             }
         }
@@ -184,9 +143,7 @@ impl SlotPool {
             .enumerate()
             .map(|(c, &(first, _))| {
                 let count = layout.params.class_counts[c];
-                let used = (first..first + count)
-                    .filter(|&i| self.owner_word(i).load(Ordering::Relaxed) != 0)
-                    .count();
+                let used = (first..first + count).filter(|&i| self.owner_word(i).load(Ordering::Relaxed) != 0).count();
                 (layout.params.class_sizes[c] as usize, used as u32, count)
             })
             .collect()
@@ -234,9 +191,7 @@ impl Slot {
     /// caller must publish the descriptor next; the slot is no longer ours.
     pub fn send_to(self, to: ProcId) -> u32 {
         let index = self.index;
-        let word = self
-            .region
-            .atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META);
+        let word = self.region.atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META);
         // Release: our writes to the slot happen before the receiver's reads (the
         // lane's Release/Acquire also orders them; this keeps the word honest).
         word.store(code(to), Ordering::Release);
@@ -247,9 +202,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let word = self
-            .region
-            .atomic_u32(self.region.layout().slot_meta_offset + self.index as usize * SLOT_META);
+        let word = self.region.atomic_u32(self.region.layout().slot_meta_offset + self.index as usize * SLOT_META);
         // Release: our accesses to the bytes happen before the next owner's.
         word.store(0, Ordering::Release);
     }
@@ -268,22 +221,10 @@ mod tests {
 
     fn pool() -> SlotPool {
         let p = LayoutParams::new(
-            Topology {
-                gpus: 1,
-                preprocs: 1,
-            },
+            Topology { gpus: 1, preprocs: 1 },
             1,
             4,
-            &[
-                SlotClass {
-                    size: 4096,
-                    count: 2,
-                },
-                SlotClass {
-                    size: 16384,
-                    count: 1,
-                },
-            ],
+            &[SlotClass { size: 4096, count: 2 }, SlotClass { size: 16384, count: 1 }],
         )
         .unwrap();
         SlotPool::new(Arc::new(Region::heap(&p).unwrap()))
@@ -299,16 +240,9 @@ mod tests {
         let c = pool.alloc(1, me, 3).unwrap();
         assert_eq!(c.capacity(), 16384, "spills into the larger class");
         assert!(matches!(pool.alloc(1, me, 4), Err(ShmError::NoSlot { .. })));
-        assert!(matches!(
-            pool.alloc(20000, me, 4),
-            Err(ShmError::NoSlot { largest: 16384, .. })
-        ));
+        assert!(matches!(pool.alloc(20000, me, 4), Err(ShmError::NoSlot { largest: 16384, .. })));
         drop(a);
-        assert_eq!(
-            pool.alloc(10, me, 5).unwrap().capacity(),
-            4096,
-            "freed slot is reused"
-        );
+        assert_eq!(pool.alloc(10, me, 5).unwrap().capacity(), 4096, "freed slot is reused");
         drop((b, c));
     }
 
@@ -319,20 +253,14 @@ mod tests {
         let mut s = pool.alloc(10, a, 42).unwrap();
         s.as_mut_slice()[..3].copy_from_slice(b"abc");
         let idx = s.send_to(b);
-        assert!(
-            pool.adopt(a, a, idx, 0, 3).is_err(),
-            "the sender no longer owns it"
-        );
+        assert!(pool.adopt(a, a, idx, 0, 3).is_err(), "the sender no longer owns it");
         assert!(pool.adopt(a, b, 999, 0, 1).is_err(), "no such slot");
         let got = pool.adopt(a, b, idx, 0, 3).unwrap();
         assert_eq!(got.bytes(0, 3).unwrap(), b"abc");
         assert!(got.bytes(4095, 2).is_err());
         let idx = got.send_to(b);
         // A descriptor whose range is wrong frees the slot: it is ours and useless.
-        assert!(
-            pool.adopt(a, b, idx, 4090, 100).is_err(),
-            "range beyond the slot"
-        );
+        assert!(pool.adopt(a, b, idx, 4090, 100).is_err(), "range beyond the slot");
         assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
     }
 
@@ -345,11 +273,7 @@ mod tests {
         let keep = pool.alloc(10, a, 9).unwrap();
         assert_ne!(s1, s2);
         assert_eq!(pool.reclaim(dead), vec![7]);
-        assert_eq!(
-            pool.occupancy()[0].1,
-            0,
-            "both small slots are free again; `keep` took the large one"
-        );
+        assert_eq!(pool.occupancy()[0].1, 0, "both small slots are free again; `keep` took the large one");
         drop(keep);
         assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
     }

@@ -135,11 +135,7 @@ impl TensorSpec {
     /// A fixed-size tensor; `None` for BYTES or a negative dimension.
     pub fn dense(dtype: DType, dims: &[i64]) -> Option<TensorSpec> {
         let n = element_count(dims)?;
-        Some(TensorSpec {
-            dtype,
-            dims: dims.to_vec(),
-            byte_len: n.checked_mul(dtype.size()?)?,
-        })
+        Some(TensorSpec { dtype, dims: dims.to_vec(), byte_len: n.checked_mul(dtype.size()?)? })
     }
 }
 
@@ -155,9 +151,7 @@ pub struct TensorMeta {
 
 /// Product of `dims`, or `None` if one is negative or it overflows.
 pub fn element_count(dims: &[i64]) -> Option<usize> {
-    dims.iter().try_fold(1usize, |acc, &d| {
-        usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-    })
+    dims.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
 }
 
 fn align64(v: usize) -> usize {
@@ -166,24 +160,15 @@ fn align64(v: usize) -> usize {
 
 /// Where a table for `specs` starting at `at` puts each tensor's data, and the
 /// total bytes from `at` to the end of the last tensor.
-pub fn plan(
-    at: usize,
-    specs: &[TensorSpec],
-) -> Result<(usize, Vec<std::ops::Range<usize>>), ShmError> {
+pub fn plan(at: usize, specs: &[TensorSpec]) -> Result<(usize, Vec<std::ops::Range<usize>>), ShmError> {
     if specs.len() > MAX_TENSORS {
-        return Err(ShmError::BadTable(format!(
-            "{} tensors; at most {MAX_TENSORS}",
-            specs.len()
-        )));
+        return Err(ShmError::BadTable(format!("{} tensors; at most {MAX_TENSORS}", specs.len())));
     }
     let mut off = align64(at + HEADER + specs.len() * ENTRY);
     let mut ranges = Vec::with_capacity(specs.len());
     for s in specs {
         if s.dims.len() > MAX_DIMS {
-            return Err(ShmError::BadTable(format!(
-                "{} dimensions; at most {MAX_DIMS}",
-                s.dims.len()
-            )));
+            return Err(ShmError::BadTable(format!("{} dimensions; at most {MAX_DIMS}", s.dims.len())));
         }
         ranges.push(off..off + s.byte_len);
         off = align64(off + s.byte_len);
@@ -192,8 +177,9 @@ pub fn plan(
     Ok((end - at, ranges))
 }
 
-/// Writes the table for `specs` at `at` in `slot`; returns the data ranges
-/// (from [`plan`]) for the caller to fill.
+/// Writes the table for `specs` at `at` in `slot`, with each tensor's data
+/// placed after it (see [`plan`]). Returns the table's length (the
+/// descriptor's `len`) and the data ranges for the caller to fill.
 pub fn write_table(
     slot: &mut [u8],
     at: usize,
@@ -201,40 +187,22 @@ pub fn write_table(
 ) -> Result<(usize, Vec<std::ops::Range<usize>>), ShmError> {
     let (len, ranges) = plan(at, specs)?;
     if at + len > slot.len() {
-        return Err(ShmError::BadTable(format!(
-            "{len} bytes of tensors do not fit a slot of {}",
-            slot.len()
-        )));
+        return Err(ShmError::BadTable(format!("{len} bytes of tensors do not fit a slot of {}", slot.len())));
     }
-    let header = TableHeader {
-        magic: TABLE_MAGIC,
-        count: specs.len() as u32,
-    };
-    slot[at..at + HEADER].copy_from_slice(bytemuck::bytes_of(&header));
-    for (i, (s, r)) in specs.iter().zip(&ranges).enumerate() {
-        let mut e = Entry::zeroed();
-        e.dtype = s.dtype as u32;
-        e.ndim = s.dims.len() as u32;
-        e.dims[..s.dims.len()].copy_from_slice(&s.dims);
-        e.data_offset = r.start as u64;
-        e.data_len = s.byte_len as u64;
-        let p = at + HEADER + i * ENTRY;
-        slot[p..p + ENTRY].copy_from_slice(bytemuck::bytes_of(&e));
-    }
-    Ok((len, ranges))
+    let offsets: Vec<usize> = ranges.iter().map(|r| r.start).collect();
+    let table = write_table_for(slot, at, specs, &offsets)?;
+    Ok((table, ranges))
 }
 
-/// Reads and validates the table at `at` whose payload spans `len` bytes.
+/// Reads and validates the table at `at` (the descriptor's payload,
+/// `len` bytes). Tensor data may lie anywhere in the slot outside the table:
+/// the frontend points entries at binary tensors where the request body put
+/// them instead of copying them.
 pub fn read_table(slot: &[u8], at: usize, len: usize) -> Result<Vec<TensorMeta>, ShmError> {
     let bad = |m: String| Err(ShmError::BadTable(m));
-    let end = match at.checked_add(len) {
-        Some(e) if e <= slot.len() => e,
-        _ => {
-            return bad(format!(
-                "payload {at}+{len} is outside the slot of {}",
-                slot.len()
-            ));
-        }
+    match at.checked_add(len) {
+        Some(e) if e <= slot.len() => {}
+        _ => return bad(format!("payload {at}+{len} is outside the slot of {}", slot.len())),
     };
     if len < HEADER {
         return bad(format!("payload of {len} bytes is too short for a table"));
@@ -247,6 +215,7 @@ pub fn read_table(slot: &[u8], at: usize, len: usize) -> Result<Vec<TensorMeta>,
     if count > MAX_TENSORS || HEADER + count * ENTRY > len {
         return bad(format!("{count} tensors do not fit a {len}-byte payload"));
     }
+    let table = at..at + HEADER + count * ENTRY;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let p = at + HEADER + i * ENTRY;
@@ -260,32 +229,59 @@ pub fn read_table(slot: &[u8], at: usize, len: usize) -> Result<Vec<TensorMeta>,
             return bad(format!("tensor {i} has {ndim} dimensions"));
         }
         let dims = e.dims[..ndim].to_vec();
-        let (start, dlen) = (e.data_offset as usize, e.data_len as usize);
-        let inside = start >= at + HEADER + count * ENTRY
-            && start.checked_add(dlen).is_some_and(|x| x <= end);
-        if !inside {
-            return bad(format!(
-                "tensor {i} data {start}+{dlen} is outside the payload {at}..{end}"
-            ));
+        let (start, dlen) = (e.data_offset, e.data_len);
+        let end = start.checked_add(dlen).filter(|&x| x <= slot.len() as u64);
+        let Some(end) = end else {
+            return bad(format!("tensor {i} data {start}+{dlen} is outside the slot of {}", slot.len()));
+        };
+        let (start, end) = (start as usize, end as usize);
+        if dlen > 0 && start < table.end && table.start < end {
+            return bad(format!("tensor {i} data {start}..{end} overlaps the table {table:?}"));
         }
+        let dlen = dlen as usize;
         match (element_count(&dims), dtype.size()) {
             (None, _) => return bad(format!("tensor {i} has a negative or huge shape {dims:?}")),
             (Some(n), Some(sz)) if n.checked_mul(sz) != Some(dlen) => {
-                return bad(format!(
-                    "tensor {i} of {dtype} {dims:?} needs {} bytes, has {dlen}",
-                    n * sz
-                ));
+                return bad(format!("tensor {i} of {dtype} {dims:?} needs {} bytes, has {dlen}", n * sz));
             }
             _ => {}
         }
-        out.push(TensorMeta {
-            dtype,
-            dims,
-            offset: start,
-            len: dlen,
-        });
+        out.push(TensorMeta { dtype, dims, offset: start, len: dlen });
     }
     Ok(out)
+}
+
+/// Writes a table at `at` for tensors whose data already sits elsewhere in
+/// the slot (`specs[i]` at `offsets[i]`); returns the table's length.
+pub fn write_table_for(slot: &mut [u8], at: usize, specs: &[TensorSpec], offsets: &[usize]) -> Result<usize, ShmError> {
+    if specs.len() > MAX_TENSORS || specs.len() != offsets.len() {
+        return Err(ShmError::BadTable(format!("{} tensors; at most {MAX_TENSORS}", specs.len())));
+    }
+    let len = HEADER + specs.len() * ENTRY;
+    if at + len > slot.len() {
+        return Err(ShmError::BadTable(format!("a {len}-byte table does not fit at {at} in a slot of {}", slot.len())));
+    }
+    let header = TableHeader { magic: TABLE_MAGIC, count: specs.len() as u32 };
+    slot[at..at + HEADER].copy_from_slice(bytemuck::bytes_of(&header));
+    for (i, (s, &off)) in specs.iter().zip(offsets).enumerate() {
+        if s.dims.len() > MAX_DIMS {
+            return Err(ShmError::BadTable(format!("{} dimensions; at most {MAX_DIMS}", s.dims.len())));
+        }
+        let mut e = Entry::zeroed();
+        e.dtype = s.dtype as u32;
+        e.ndim = s.dims.len() as u32;
+        e.dims[..s.dims.len()].copy_from_slice(&s.dims);
+        e.data_offset = off as u64;
+        e.data_len = s.byte_len as u64;
+        let p = at + HEADER + i * ENTRY;
+        slot[p..p + ENTRY].copy_from_slice(bytemuck::bytes_of(&e));
+    }
+    Ok(len)
+}
+
+/// Bytes of a table with `n` entries.
+pub fn table_len(n: usize) -> usize {
+    HEADER + n * ENTRY
 }
 
 #[cfg(test)]
@@ -297,39 +293,31 @@ mod tests {
         let mut slot = vec![0u8; 4096];
         let specs = [
             TensorSpec::dense(DType::F32, &[2, 3]).unwrap(),
-            TensorSpec {
-                dtype: DType::Bytes,
-                dims: vec![1],
-                byte_len: 9,
-            },
+            TensorSpec { dtype: DType::Bytes, dims: vec![1], byte_len: 9 },
         ];
         let (len, ranges) = write_table(&mut slot, 128, &specs).unwrap();
+        assert_eq!(len, table_len(2));
         assert_eq!(ranges[0].start % 64, 0);
         assert_eq!(ranges[0].len(), 24);
         slot[ranges[1].clone()].copy_from_slice(b"\x05\0\0\0hello");
         let got = read_table(&slot, 128, len).unwrap();
         assert_eq!(got[0].dims, vec![2, 3]);
         assert_eq!(got[1].dtype, DType::Bytes);
-        assert_eq!(
-            &slot[got[1].offset..got[1].offset + got[1].len],
-            b"\x05\0\0\0hello"
-        );
+        assert_eq!(&slot[got[1].offset..got[1].offset + got[1].len], b"\x05\0\0\0hello");
     }
 
     #[test]
     fn corrupt_tables_are_errors() {
         let mut slot = vec![0u8; 1024];
         let specs = [TensorSpec::dense(DType::F32, &[4]).unwrap()];
-        let (len, _) = write_table(&mut slot, 0, &specs).unwrap();
+        let (len, ranges) = write_table(&mut slot, 0, &specs).unwrap();
         assert!(read_table(&slot, 0, len).is_ok());
-        assert!(
-            read_table(&slot, 0, len - 1).is_err(),
-            "data runs past the payload"
-        );
-        assert!(
-            read_table(&slot, 1000, 100).is_err(),
-            "payload outside the slot"
-        );
+        assert!(read_table(&slot, 0, len - 1).is_err(), "table cut short");
+        assert!(read_table(&slot, 1000, 100).is_err(), "payload outside the slot");
+        assert!(read_table(&slot[..ranges[0].end - 1], 0, len).is_err(), "data runs past the slot");
+        let mut overlap = slot.clone();
+        write_table_for(&mut overlap, 0, &specs, &[8]).unwrap();
+        assert!(read_table(&overlap, 0, len).is_err(), "data overlapping the table");
         let mut bad = slot.clone();
         bad[HEADER + 8..HEADER + 16].copy_from_slice(&(-1i64).to_le_bytes());
         assert!(read_table(&bad, 0, len).is_err(), "negative dimension");
@@ -344,7 +332,7 @@ mod tests {
             let mut b = slot.clone();
             b[i] ^= 0xA5;
             if let Ok(t) = read_table(&b, 0, len) {
-                assert!(t.iter().all(|m| m.offset + m.len <= len));
+                assert!(t.iter().all(|m| m.offset + m.len <= b.len() && m.offset >= len));
             }
         }
     }

@@ -28,14 +28,8 @@ pub fn drain(efd: impl AsFd) {
 
 /// Blocks until the eventfd is readable or `timeout` passes.
 pub fn wait(efd: impl AsFd, timeout: Option<Duration>) {
-    let mut fds = [rustix::event::PollFd::new(
-        &efd,
-        rustix::event::PollFlags::IN,
-    )];
-    let ts = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: t.as_secs() as i64,
-        tv_nsec: t.subsec_nanos() as i64,
-    });
+    let mut fds = [rustix::event::PollFd::new(&efd, rustix::event::PollFlags::IN)];
+    let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
     // EINTR and friends just end the wait early; callers loop.
     let _ = rustix::event::poll(&mut fds, ts.as_ref());
 }
@@ -62,9 +56,7 @@ impl WakeTarget {
             return;
         };
         // Relaxed read first: the common case (receiver awake) stays write-free.
-        if entry.sleeping.load(Ordering::Relaxed) != 0
-            && entry.sleeping.swap(0, Ordering::AcqRel) != 0
-        {
+        if entry.sleeping.load(Ordering::Relaxed) != 0 && entry.sleeping.swap(0, Ordering::AcqRel) != 0 {
             signal(&*self.efd);
         }
     }

@@ -14,27 +14,11 @@ const CHILD_ENV: &str = "SHM_TEST_CHILD";
 const N: u64 = 2000;
 
 fn params() -> LayoutParams {
-    LayoutParams::new(
-        Topology {
-            gpus: 1,
-            preprocs: 1,
-        },
-        1,
-        16,
-        &[SlotClass {
-            size: 64 << 10,
-            count: 8,
-        }],
-    )
-    .unwrap()
+    LayoutParams::new(Topology { gpus: 1, preprocs: 1 }, 1, 16, &[SlotClass { size: 64 << 10, count: 8 }]).unwrap()
 }
 
 fn eventfd() -> OwnedFd {
-    rustix::event::eventfd(
-        0,
-        rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
-    )
-    .unwrap()
+    rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC).unwrap()
 }
 
 /// `Inbox::recv` may return early on a stale wake-up; callers loop.
@@ -44,17 +28,12 @@ fn recv(inbox: &mut shm::Inbox) -> (ProcId, Descriptor) {
         if let Some(x) = inbox.recv(Some(Duration::from_secs(1)), Duration::from_micros(20)) {
             return x;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no message for 30 s: a lost wake-up or a dead peer"
-        );
+        assert!(std::time::Instant::now() < deadline, "no message for 30 s: a lost wake-up or a dead peer");
     }
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    (0..1000 + (i % 3000))
-        .map(|k| (k * 31 + i) as u8)
-        .collect()
+    (0..1000 + (i % 3000)).map(|k| (k * 31 + i) as u8).collect()
 }
 
 /// Child role: echo every descriptor back with its slot bytes reversed.
@@ -66,10 +45,7 @@ fn child_role() {
     };
     let fds: Vec<i32> = spec.split(',').map(|s| s.parse().unwrap()).collect();
     let region = Arc::new(Region::attach(shm::fd::adopt(fds[0]).unwrap()).unwrap());
-    let efds: Vec<Arc<OwnedFd>> = fds[1..]
-        .iter()
-        .map(|&f| Arc::new(shm::fd::adopt(f).unwrap()))
-        .collect();
+    let efds: Vec<Arc<OwnedFd>> = fds[1..].iter().map(|&f| Arc::new(shm::fd::adopt(f).unwrap())).collect();
     let me = ProcId(1);
     let wiring = Wiring::new(region.clone(), me, efds).unwrap();
     let pool = SlotPool::new(region);
@@ -81,11 +57,7 @@ fn child_role() {
         let mut slot = pool.adopt(from, me, d.slot, d.offset, d.len).unwrap();
         let range = d.offset as usize..(d.offset + d.len) as usize;
         slot.as_mut_slice()[range].reverse();
-        let reply = Descriptor {
-            slot: slot.send_to(from),
-            kind: Kind::Outputs as u8,
-            ..d
-        };
+        let reply = Descriptor { slot: slot.send_to(from), kind: Kind::Outputs as u8, ..d };
         while out.send(&reply).is_err() {
             std::thread::yield_now();
         }
@@ -148,19 +120,11 @@ fn descriptors_and_slots_round_trip_through_another_process() {
         let slot = pool.adopt(from, me, d.slot, d.offset, d.len).unwrap();
         let mut want = payload(d.request_id);
         want.reverse();
-        assert_eq!(
-            slot.bytes(0, d.len as usize).unwrap(),
-            &want[..],
-            "request {}",
-            d.request_id
-        );
+        assert_eq!(slot.bytes(0, d.len as usize).unwrap(), &want[..], "request {}", d.request_id);
         done += 1;
     }
     assert!(child.wait().unwrap().success());
-    assert!(
-        pool.occupancy().iter().all(|&(_, used, _)| used == 0),
-        "every slot came back"
-    );
+    assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0), "every slot came back");
 }
 
 #[test]
@@ -175,12 +139,7 @@ fn slots_of_a_killed_process_are_reclaimed() {
     let out = wiring.outbox(ProcId(1)).unwrap();
     for i in 0..5u64 {
         let slot = pool.alloc(100, ProcId::FRONTEND, 100 + i).unwrap();
-        let d = Descriptor {
-            request_id: 100 + i,
-            slot: slot.send_to(ProcId(1)),
-            len: 100,
-            ..Default::default()
-        };
+        let d = Descriptor { request_id: 100 + i, slot: slot.send_to(ProcId(1)), len: 100, ..Default::default() };
         out.send(&d).unwrap();
     }
     // Two more that the child will own and never see answered in time.
@@ -193,17 +152,10 @@ fn slots_of_a_killed_process_are_reclaimed() {
     let mut returned = Vec::new();
     while let Some((_, d)) = inbox.try_recv() {
         returned.push(d.request_id);
-        drop(
-            pool.adopt(ProcId(1), ProcId::FRONTEND, d.slot, d.offset, d.len)
-                .unwrap(),
-        );
+        drop(pool.adopt(ProcId(1), ProcId::FRONTEND, d.slot, d.offset, d.len).unwrap());
     }
     let mut all: Vec<u64> = reclaimed.iter().chain(&returned).copied().collect();
     all.sort_unstable();
-    assert_eq!(
-        all,
-        (100..105).collect::<Vec<_>>(),
-        "each request is either returned or reclaimed"
-    );
+    assert_eq!(all, (100..105).collect::<Vec<_>>(), "each request is either returned or reclaimed");
     assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
 }

@@ -1,0 +1,353 @@
+//! The schema of `models/<name>/config.toml`. Field docs are the operator
+//! manual; `docs/model-repository.md` shows complete examples.
+
+use serde::{Deserialize, Serialize};
+use shm::tensor::DType;
+
+use crate::RepoError;
+
+mod dtype_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use shm::tensor::DType;
+
+    pub fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let name = String::deserialize(d)?;
+        DType::parse(&name).ok_or_else(|| {
+            let all: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+            serde::de::Error::custom(format!("unknown datatype `{name}`; accepted: {}", all.join(", ")))
+        })
+    }
+}
+
+/// One model's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Optional; when given it must equal the directory name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Execution backend. Only `"onnxruntime"` exists today.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Largest batch the batcher forms. With `max_batch_size > 0` the model's
+    /// first dimension is the batch and `dims` below leave it out (Triton's
+    /// convention); 0 disables batching and `dims` are the full shape.
+    pub max_batch_size: u32,
+    /// Dynamic batching; absent means requests run as they come (each batch is
+    /// whatever is queued when the model is free).
+    #[serde(default)]
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Backend instances (threads, each with its own session), like Triton's
+    /// `instance_group.count`.
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// ONNX Runtime intra-op threads per instance; default from the daemon
+    /// config (`[inference] intra_op_threads`).
+    #[serde(default)]
+    pub intra_op_threads: Option<u32>,
+    /// The model's inputs, in the order the model declares them.
+    #[serde(rename = "input")]
+    pub inputs: Vec<TensorConfig>,
+    /// The model's outputs.
+    #[serde(rename = "output")]
+    pub outputs: Vec<TensorConfig>,
+    /// How an image posted to this model becomes its input tensor.
+    #[serde(default)]
+    pub preprocess: Option<Preprocess>,
+    /// How the output becomes the answer to an image request.
+    #[serde(default)]
+    pub postprocess: Option<Postprocess>,
+}
+
+fn default_backend() -> String {
+    "onnxruntime".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Triton's dynamic batcher knobs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatching {
+    /// How long the oldest queued request may wait for a batch to fill while
+    /// the model is idle. The batcher never waits once a preferred size (or
+    /// `max_batch_size`) is reached, and while the model is busy requests
+    /// accumulate anyway.
+    #[serde(default)]
+    pub max_queue_delay_microseconds: u64,
+    /// Batch sizes to aim for; the batcher cuts the largest preferred size it
+    /// can fill.
+    #[serde(default)]
+    pub preferred_batch_size: Vec<u32>,
+}
+
+/// A model input or output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorConfig {
+    pub name: String,
+    /// KServe v2 datatype name: FP32, FP16, UINT8, INT64, BYTES, ...
+    #[serde(with = "dtype_serde")]
+    pub datatype: DType,
+    /// Shape without the batch dimension when `max_batch_size > 0`; `-1` marks
+    /// a dimension of any size.
+    pub dims: Vec<i64>,
+}
+
+/// How the image is resized to the model's input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Resize to exactly `width` x `height`, ignoring the aspect ratio.
+    Stretch,
+    /// Scale to `height`, width by aspect ratio capped at `width`, and pad the
+    /// right with `pad_value` (PaddleOCR's classifier and recognizer input).
+    FitHeightPadRight,
+    /// Scale the shorter side to `resize_shorter`, then crop the centre
+    /// `width` x `height` (the ImageNet evaluation transform).
+    CenterCrop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelOrder {
+    RGB,
+    BGR,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    NCHW,
+    NHWC,
+}
+
+/// Image → tensor. Each channel becomes `(pixel * scale - mean) / std`; the
+/// element type is the input's `datatype` (FP32, FP16, or UINT8, which takes
+/// the resized pixels unnormalized).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Which input receives the image; default: the model's only input.
+    #[serde(default)]
+    pub input: Option<String>,
+    pub resize: ResizeMode,
+    pub width: u32,
+    pub height: u32,
+    /// For `center_crop`: the shorter side before cropping (default: 256/224
+    /// of the larger of width and height, as in ImageNet evaluation).
+    #[serde(default)]
+    pub resize_shorter: Option<u32>,
+    #[serde(default = "rgb")]
+    pub channel_order: ChannelOrder,
+    #[serde(default = "nchw")]
+    pub layout: Layout,
+    #[serde(default = "inv255")]
+    pub scale: f32,
+    #[serde(default)]
+    pub mean: [f32; 3],
+    #[serde(default = "ones")]
+    pub std: [f32; 3],
+    /// Value of padded elements, in the normalized output's units.
+    #[serde(default)]
+    pub pad_value: f32,
+}
+
+fn rgb() -> ChannelOrder {
+    ChannelOrder::RGB
+}
+fn nchw() -> Layout {
+    Layout::NCHW
+}
+fn inv255() -> f32 {
+    1.0 / 255.0
+}
+fn ones() -> [f32; 3] {
+    [1.0; 3]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostprocessKind {
+    /// Top-k classes with labels and scores.
+    Classification,
+}
+
+/// Output → answer for image requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postprocess {
+    pub kind: PostprocessKind,
+    /// Which output holds the scores; default: the model's only output.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// How many classes to return (capped by the number of classes).
+    #[serde(default = "five")]
+    pub top_k: u32,
+    /// Apply softmax to the output first (for models that emit logits).
+    #[serde(default)]
+    pub softmax: bool,
+    /// Class labels by index; classes without one are reported by index.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn five() -> u32 {
+    5
+}
+
+impl ModelConfig {
+    pub fn parse(text: &str, path: &str) -> Result<ModelConfig, RepoError> {
+        toml::from_str(text).map_err(|e| RepoError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    pub fn input(&self, name: &str) -> Option<(usize, &TensorConfig)> {
+        self.inputs.iter().enumerate().find(|(_, t)| t.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<(usize, &TensorConfig)> {
+        self.outputs.iter().enumerate().find(|(_, t)| t.name == name)
+    }
+
+    /// The input an image becomes, if the model takes images.
+    pub fn image_input(&self) -> Option<(usize, &TensorConfig)> {
+        let p = self.preprocess.as_ref()?;
+        match &p.input {
+            Some(n) => self.input(n),
+            None => self.inputs.first().map(|t| (0, t)),
+        }
+    }
+
+    /// The output classification reads.
+    pub fn scores_output(&self) -> Option<(usize, &TensorConfig)> {
+        let p = self.postprocess.as_ref()?;
+        match &p.output {
+            Some(n) => self.output(n),
+            None => self.outputs.first().map(|t| (0, t)),
+        }
+    }
+
+    /// The shape clients see, with `-1` for the batch dimension when batching.
+    pub fn full_shape(&self, t: &TensorConfig) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            std::iter::once(-1).chain(t.dims.iter().copied()).collect()
+        } else {
+            t.dims.clone()
+        }
+    }
+
+    /// Checks everything that can be checked without the model file.
+    pub fn validate(&self, dir_name: &str) -> Result<(), RepoError> {
+        let bad = |message: String| Err(RepoError::Invalid { model: dir_name.into(), message });
+        if let Some(n) = &self.name
+            && n != dir_name
+        {
+            return bad(format!("config says name = \"{n}\" but the directory is `{dir_name}`; they must match"));
+        }
+        if self.backend != "onnxruntime" {
+            return bad(format!("backend `{}` is not available; accepted: onnxruntime", self.backend));
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return bad("at least one [[input]] and one [[output]] are required".into());
+        }
+        if self.instances == 0 || self.instances > 64 {
+            return bad(format!("instances = {}; 1 to 64 are accepted", self.instances));
+        }
+        for (what, list) in [("input", &self.inputs), ("output", &self.outputs)] {
+            let mut names = std::collections::HashSet::new();
+            if let Some(t) = list.iter().find(|t| !names.insert(t.name.as_str())) {
+                return bad(format!("{what} `{}` is declared twice", t.name));
+            }
+        }
+        for t in self.inputs.iter().chain(&self.outputs) {
+            if t.dims.iter().any(|&d| d < -1 || d == 0) {
+                return bad(format!("tensor `{}` has dims {:?}; each must be positive or -1", t.name, t.dims));
+            }
+            if t.dims.len() + usize::from(self.max_batch_size > 0) > shm::tensor::MAX_DIMS {
+                return bad(format!("tensor `{}` has too many dimensions", t.name));
+            }
+        }
+        if let Some(db) = &self.dynamic_batching {
+            if self.max_batch_size == 0 {
+                return bad("dynamic_batching needs max_batch_size > 0".into());
+            }
+            if let Some(&p) = db.preferred_batch_size.iter().find(|&&p| p == 0 || p > self.max_batch_size) {
+                return bad(format!(
+                    "preferred_batch_size {p} must be between 1 and max_batch_size ({})",
+                    self.max_batch_size
+                ));
+            }
+            if db.max_queue_delay_microseconds > 10_000_000 {
+                return bad("max_queue_delay_microseconds over 10 s is not accepted".into());
+            }
+        }
+        if let Some(p) = &self.preprocess {
+            self.validate_preprocess(p).or_else(bad)?;
+        }
+        if let Some(p) = &self.postprocess {
+            let Some((_, out)) = self.scores_output() else {
+                return bad(format!(
+                    "postprocess output `{}` is not a model output",
+                    p.output.as_deref().unwrap_or("")
+                ));
+            };
+            if !matches!(out.datatype, DType::F32 | DType::F16) {
+                return bad(format!("classification needs an FP32 or FP16 output; `{}` is {}", out.name, out.datatype));
+            }
+            if p.top_k == 0 {
+                return bad("postprocess top_k must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_preprocess(&self, p: &Preprocess) -> Result<(), String> {
+        let Some((_, input)) = self.image_input() else {
+            return Err(format!("preprocess input `{}` is not a model input", p.input.as_deref().unwrap_or("")));
+        };
+        if !matches!(input.datatype, DType::F32 | DType::F16 | DType::U8) {
+            return Err(format!(
+                "image input `{}` is {}; images can become FP32, FP16 or UINT8 tensors",
+                input.name, input.datatype
+            ));
+        }
+        if self.max_batch_size == 0 {
+            return Err("image models need max_batch_size > 0 (images are stacked along the batch dimension)".into());
+        }
+        if p.width == 0 || p.height == 0 || p.width > 16384 || p.height > 16384 {
+            return Err(format!("preprocess size {}x{}; 1 to 16384 per side is accepted", p.width, p.height));
+        }
+        let (w, h) = (p.width as i64, p.height as i64);
+        let want = match p.layout {
+            Layout::NCHW => [3, h, w],
+            Layout::NHWC => [h, w, 3],
+        };
+        let fits = input.dims.len() == 3 && input.dims.iter().zip(want).all(|(&d, w)| d == w || d == -1);
+        if !fits {
+            return Err(format!(
+                "image input `{}` has dims {:?}, which do not match {:?} for a {}x{} {:?} image",
+                input.name, input.dims, want, p.width, p.height, p.layout
+            ));
+        }
+        if p.std.contains(&0.0) {
+            return Err("preprocess std must not contain 0".into());
+        }
+        if let (ResizeMode::CenterCrop, Some(s)) = (p.resize, p.resize_shorter)
+            && s < p.width.min(p.height)
+        {
+            return Err(format!("resize_shorter {s} is smaller than the crop {}x{}", p.width, p.height));
+        }
+        Ok(())
+    }
+}
+
+impl Preprocess {
+    /// The shorter side before a centre crop.
+    pub fn shorter_side(&self) -> u32 {
+        self.resize_shorter.unwrap_or_else(|| (self.width.max(self.height) as f32 * 256.0 / 224.0).round() as u32)
+    }
+}

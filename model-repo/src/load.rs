@@ -1,0 +1,236 @@
+//! Reading the repository directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelConfig, RepoError};
+
+/// The file each version directory must hold.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// A loaded, validated model: its config and the versions found on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Version numbers with a model file, ascending.
+    pub versions: Vec<u64>,
+    pub config: ModelConfig,
+}
+
+impl Model {
+    pub fn latest(&self) -> u64 {
+        *self.versions.last().expect("a loaded model has a version; this is a bug")
+    }
+
+    pub fn file(&self, version: u64) -> PathBuf {
+        self.dir.join(version.to_string()).join(MODEL_FILE)
+    }
+}
+
+/// All models, sorted by name; a model's index in `models` is its id in
+/// descriptors and shared-memory statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repository {
+    pub root: PathBuf,
+    pub models: Vec<Model>,
+}
+
+/// Model names become URL path segments and directory names: keep them plain.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl Repository {
+    /// Loads every model under `root` (or only those named in `only`).
+    pub fn load(root: &Path, only: Option<&[String]>) -> Result<Repository, RepoError> {
+        let io = |path: &Path, source| RepoError::Io { path: path.display().to_string(), source };
+        let entries = std::fs::read_dir(root).map_err(|e| io(root, e))?;
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io(root, e))?;
+            let path = entry.path();
+            if path.join("config.toml").is_file() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        let mut models = Vec::new();
+        for dir in dirs {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if only.is_some_and(|o| !o.contains(&name)) {
+                continue;
+            }
+            models.push(Model::load(&dir, &name)?);
+        }
+        if let Some(only) = only {
+            let available: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            if let Some(missing) = only.iter().find(|n| !available.contains(&n.as_str())) {
+                return Err(RepoError::Repository(format!(
+                    "model `{missing}` is not in {} (it has a directory with config.toml for each model)",
+                    root.display()
+                )));
+            }
+        }
+        if models.is_empty() {
+            return Err(RepoError::Repository(format!(
+                "no models in {}: each model needs <name>/config.toml and <name>/<version>/{MODEL_FILE}",
+                root.display()
+            )));
+        }
+        if models.len() > u16::MAX as usize {
+            return Err(RepoError::Repository("more than 65535 models".into()));
+        }
+        Ok(Repository { root: root.to_path_buf(), models })
+    }
+
+    /// The model called `name` and its index.
+    pub fn get(&self, name: &str) -> Option<(u16, &Model)> {
+        self.models.iter().position(|m| m.name == name).map(|i| (i as u16, &self.models[i]))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.name.as_str()).collect()
+    }
+}
+
+impl Model {
+    fn load(dir: &Path, name: &str) -> Result<Model, RepoError> {
+        if !valid_name(name) {
+            return Err(RepoError::Invalid {
+                model: name.into(),
+                message: "model names may use letters, digits, `_`, `-` and `.` (not first)".into(),
+            });
+        }
+        let path = dir.join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| RepoError::Io { path: path.display().to_string(), source })?;
+        let config = ModelConfig::parse(&text, &path.display().to_string())?;
+        config.validate(name)?;
+        let mut versions = Vec::new();
+        let entries =
+            std::fs::read_dir(dir).map_err(|source| RepoError::Io { path: dir.display().to_string(), source })?;
+        for entry in entries.flatten() {
+            let v = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+            if let Some(v) = v
+                && entry.path().join(MODEL_FILE).is_file()
+            {
+                versions.push(v);
+            }
+        }
+        versions.sort_unstable();
+        if versions.is_empty() {
+            return Err(RepoError::Invalid {
+                model: name.into(),
+                message: format!(
+                    "no version directory with {MODEL_FILE} in {} (expected e.g. {}/1/{MODEL_FILE}; ./scripts/fetch downloads the default models)",
+                    dir.display(),
+                    dir.display()
+                ),
+            });
+        }
+        Ok(Model { name: name.into(), dir: dir.to_path_buf(), versions, config })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLS: &str = r#"
+max_batch_size = 16
+[dynamic_batching]
+max_queue_delay_microseconds = 200
+preferred_batch_size = [8]
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [3, 48, 192]
+[[output]]
+name = "probs"
+datatype = "FP32"
+dims = [2]
+[preprocess]
+resize = "fit_height_pad_right"
+width = 192
+height = 48
+channel_order = "BGR"
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+[postprocess]
+kind = "classification"
+top_k = 2
+labels = ["0", "180"]
+"#;
+
+    fn write_model(root: &Path, name: &str, config: &str, versions: &[u64]) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        for v in versions {
+            std::fs::create_dir_all(dir.join(v.to_string())).unwrap();
+            std::fs::write(dir.join(v.to_string()).join(MODEL_FILE), b"onnx").unwrap();
+        }
+    }
+
+    #[test]
+    fn loads_sorted_models_with_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_model(tmp.path(), "zeta", CLS, &[1]);
+        write_model(tmp.path(), "alpha", CLS, &[3, 1, 2]);
+        let repo = Repository::load(tmp.path(), None).unwrap();
+        assert_eq!(repo.names(), vec!["alpha", "zeta"]);
+        let (i, m) = repo.get("alpha").unwrap();
+        assert_eq!((i, m.latest(), m.versions.clone()), (0, 3, vec![1, 2, 3]));
+        assert_eq!(m.config.full_shape(&m.config.inputs[0]), vec![-1, 3, 48, 192]);
+        let only = Repository::load(tmp.path(), Some(&["zeta".to_string()])).unwrap();
+        assert_eq!(only.names(), vec!["zeta"]);
+        let err = Repository::load(tmp.path(), Some(&["nope".to_string()])).unwrap_err();
+        assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_model(tmp.path(), "m", &format!("{CLS}\ncolour = 3\n"), &[1]);
+        let err = Repository::load(tmp.path(), None).unwrap_err().to_string();
+        assert!(err.contains("colour"), "unknown key is named: {err}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        write_model(tmp.path(), "m", CLS, &[]);
+        let err = Repository::load(tmp.path(), None).unwrap_err().to_string();
+        assert!(err.contains("model.onnx") && err.contains("fetch"), "{err}");
+
+        let cases = [
+            (CLS.replace("dims = [3, 48, 192]", "dims = [3, 32, 192]"), "do not match"),
+            (CLS.replace("preferred_batch_size = [8]", "preferred_batch_size = [32]"), "preferred_batch_size"),
+            (CLS.replace("datatype = \"FP32\"\ndims = [3", "datatype = \"FLOAT\"\ndims = [3"), "FLOAT"),
+            (
+                CLS.replace("name = \"probs\"", "name = \"x\"\n")
+                    .replace("[postprocess]", "[postprocess]\noutput = \"y\""),
+                "not a model output",
+            ),
+            (CLS.replace("std = [0.5, 0.5, 0.5]", "std = [0.5, 0.0, 0.5]"), "std"),
+            (CLS.replace("max_batch_size = 16", "max_batch_size = 0"), "max_batch_size"),
+        ];
+        for (text, needle) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            write_model(tmp.path(), "m", &text, &[1]);
+            let err = Repository::load(tmp.path(), None).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("ppocr_cls"));
+        assert!(valid_name("resnet-50.v2"));
+        assert!(!valid_name(".."));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+    }
+}

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Fetches everything highserve needs that is not in git, checking sha256.
+
+  - the ONNX Runtime shared library (from PyPI's onnxruntime wheel) into
+    .cache/onnxruntime/
+  - the PP-OCR models (from PyPI's rapidocr-onnxruntime wheel) into
+    models/<name>/1/model.onnx, with the package's license notice
+  - with --test: a Python venv for the client tests (.cache/venv) and the test
+    images (.cache/testdata/)
+
+Everything is skipped when already present and intact. Only the standard
+library is used, so it runs on a fresh machine with python3 and pip.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+DOWNLOADS = CACHE / "downloads"
+
+# (requirement, wheel file name, sha256). Platform-specific wheels are pinned
+# by platform tag so the download does not depend on the local Python.
+ORT = (
+    "onnxruntime==1.32.0",
+    "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+    ["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"],
+)
+RAPIDOCR = (
+    "rapidocr-onnxruntime==1.4.4",
+    "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+    "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+    [],
+)
+# Sample photographs for test images (skimage/data: astronaut is NASA public
+# domain, coffee and chelsea are CC0 per skimage/data/README).
+SKIMAGE = (
+    "scikit-image==0.25.2",
+    "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641",
+    ["--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"],
+)
+MODELS = {
+    "ppocr_det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    "ppocr_cls": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "ppocr_rec": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+}
+ORT_LIB = "libonnxruntime.so.1.32.0"
+TEST_REQUIREMENTS = ROOT / "scripts" / "requirements-test.txt"
+
+
+def log(msg):
+    print(f"fetch: {msg}", file=sys.stderr, flush=True)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(spec):
+    req, name, digest, extra = spec
+    path = DOWNLOADS / name
+    if path.exists() and sha256(path) == digest:
+        return path
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {req}")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--dest", str(DOWNLOADS), req, *extra]
+    subprocess.run(cmd, check=True)
+    if not path.exists():
+        sys.exit(f"fetch: pip did not produce {name}; is the index reachable?")
+    got = sha256(path)
+    if got != digest:
+        path.unlink()
+        sys.exit(f"fetch: {name} has sha256 {got}, expected {digest}; refusing to use it")
+    return path
+
+
+def extract(wheel, member, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out)
+    tmp.replace(dest)
+
+
+def fetch_ort():
+    lib = CACHE / "onnxruntime" / ORT_LIB
+    stamp = CACHE / "onnxruntime" / ".sha256"
+    if lib.exists() and stamp.exists() and stamp.read_text().strip() == sha256(lib):
+        return
+    wheel = download(ORT)
+    for member in [f"onnxruntime/capi/{ORT_LIB}", "onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt"]:
+        extract(wheel, member, CACHE / "onnxruntime" / Path(member).name)
+    link = CACHE / "onnxruntime" / "libonnxruntime.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(ORT_LIB)
+    stamp.write_text(sha256(lib) + "\n")
+    log(f"ONNX Runtime library in {lib.relative_to(ROOT)}")
+
+
+def fetch_models():
+    wheel = None
+    for name, member in MODELS.items():
+        dest = ROOT / "models" / name / "1" / "model.onnx"
+        if dest.exists():
+            continue
+        wheel = wheel or download(RAPIDOCR)
+        extract(wheel, member, dest)
+        log(f"model {name} in {dest.relative_to(ROOT)}")
+    notice = ROOT / "models" / "NOTICE-rapidocr"
+    if not notice.exists():
+        wheel = wheel or download(RAPIDOCR)
+        with zipfile.ZipFile(wheel) as z:
+            meta = z.read("rapidocr_onnxruntime-1.4.4.dist-info/METADATA").decode()
+        notice.write_text(
+            "The ppocr_det, ppocr_cls and ppocr_rec model files come unchanged from the\n"
+            "PyPI package rapidocr-onnxruntime 1.4.4 (PaddleOCR models converted to ONNX by\n"
+            "RapidAI), distributed under the Apache License 2.0\n"
+            "(https://www.apache.org/licenses/LICENSE-2.0). The package's metadata:\n\n" + meta
+        )
+
+
+def fetch_test_env():
+    venv = CACHE / "venv"
+    py = venv / "bin" / "python"
+    stamp = venv / ".requirements"
+    wanted = TEST_REQUIREMENTS.read_text()
+    if py.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return py
+    log("creating the test venv (.cache/venv)")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "-r", str(TEST_REQUIREMENTS)], check=True)
+    stamp.write_text(wanted)
+    return py
+
+
+def fetch_testdata(py):
+    out = CACHE / "testdata"
+    stamp = out / ".done"
+    generator = ROOT / "scripts" / "make_test_images.py"
+    key = sha256(generator)
+    if stamp.exists() and stamp.read_text().strip() == key:
+        return
+    wheel = download(SKIMAGE)
+    photos = CACHE / "photos"
+    for n in ["astronaut.png", "coffee.png", "chelsea.png"]:
+        extract(wheel, f"skimage/data/{n}", photos / n)
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(py), str(generator), str(photos), str(out)], check=True)
+    stamp.write_text(key + "\n")
+    log(f"test images in {out.relative_to(ROOT)}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--test", action="store_true", help="also the test venv and test images")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    fetch_ort()
+    fetch_models()
+    if args.test:
+        py = fetch_test_env()
+        fetch_testdata(py)
+
+
+if __name__ == "__main__":
+    main()
