@@ -1,1 +1,10 @@
+//! The inference worker: one process per device (on a machine without a GPU,
+//! one process running the CPU backend). It owns the models, a dynamic batcher
+//! per model and the backends that run batches. Backends run on their own OS
+//! threads and never on an async runtime; the scheduler thread never blocks on
+//! I/O or on a backend.
+#![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod batcher;
+pub mod onnx;

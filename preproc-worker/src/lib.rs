@@ -1,1 +1,9 @@
+//! The preproc worker: a process with no model that does every CPU stage of a
+//! request (decode, resize, normalize, layout, post-processing) and writes the
+//! finished tensor straight into a shared-memory slot. It must never block on
+//! an inference worker: it hands tensors over and moves on.
+#![forbid(unsafe_code)]
 
+pub mod classify;
+pub mod image;
+pub mod preprocess;
