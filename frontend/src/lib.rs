@@ -4,4 +4,97 @@
 //! images or runs models: that work is in the preproc and inference workers.
 #![forbid(unsafe_code)]
 
+mod body;
+mod dispatch;
+pub mod error;
+mod infer;
+mod server;
+mod stats;
 pub mod v2;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model_repo::Repository;
+use shm::mailbox::Wiring;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What the frontend needs to run.
+pub struct Config {
+    pub wiring: Wiring,
+    pub repository: Arc<Repository>,
+    /// `host:port` to listen on (port 0 picks a free one).
+    pub addr: String,
+    pub max_body_bytes: u64,
+    pub max_inflight: usize,
+    pub request_timeout: Duration,
+    pub threads: usize,
+    /// How long the inbox thread spins before sleeping.
+    pub spin: Duration,
+}
+
+/// Orders from the supervisor.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting, finish in-flight requests within the deadline, return.
+    Drain { deadline: Duration },
+    /// Fail these requests: they were lost with a crashed worker.
+    Fail { ids: Vec<u64>, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until a `Drain` command; `on_ready` gets the bound address.
+pub fn run(
+    cfg: Config,
+    mut commands: UnboundedReceiver<Command>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), FrontendError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.addr)
+            .await
+            .map_err(|source| FrontendError::Bind { addr: cfg.addr.clone(), source })?;
+        let dispatch = Arc::new(dispatch::Dispatch::new(&cfg.wiring));
+        let inbox = cfg.wiring.inbox();
+        let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let receiver = {
+            let (d, stop) = (dispatch.clone(), stop_receiving.clone());
+            std::thread::Builder::new()
+                .name("inbox".into())
+                .spawn(move || dispatch::receive_loop(d, inbox, cfg.spin, stop))?
+        };
+        let state = Arc::new(server::State {
+            dispatch: dispatch.clone(),
+            repository: cfg.repository.clone(),
+            admission: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight)),
+            max_inflight: cfg.max_inflight,
+            max_body_bytes: cfg.max_body_bytes.min(usize::MAX as u64) as usize,
+            request_timeout: cfg.request_timeout,
+        });
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr}");
+        on_ready(addr);
+        let stop = async move {
+            while let Some(cmd) = commands.recv().await {
+                match cmd {
+                    Command::Drain { deadline } => return deadline,
+                    Command::Fail { ids, message } => dispatch.fail(&ids, &message),
+                }
+            }
+            Duration::ZERO
+        };
+        server::serve(listener, state, stop).await;
+        stop_receiving.store(true, std::sync::atomic::Ordering::Release);
+        cfg.wiring.self_waker().wake();
+        let _ = receiver.join();
+        Ok(())
+    })
+}

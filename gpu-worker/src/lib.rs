@@ -7,4 +7,8 @@
 
 pub mod backend;
 pub mod batcher;
+mod instance;
 pub mod onnx;
+mod worker;
+
+pub use worker::{Config, WorkerError, run};

@@ -7,3 +7,6 @@
 pub mod classify;
 pub mod image;
 pub mod preprocess;
+mod worker;
+
+pub use worker::{Config, WorkerError, run};

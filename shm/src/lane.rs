@@ -96,6 +96,18 @@ impl Producer {
         self.len() == 0
     }
 
+    /// Whether a push would succeed now; it stays true until we push, since
+    /// only the consumer moves the head (and only forward).
+    pub fn has_room(&mut self) -> bool {
+        let tail = self.lane.tail().load(Ordering::Relaxed);
+        if tail.wrapping_sub(self.cached_head) < self.lane.cap {
+            return true;
+        }
+        // Acquire: as in `push`.
+        self.cached_head = self.lane.head().load(Ordering::Acquire);
+        tail.wrapping_sub(self.cached_head) < self.lane.cap
+    }
+
     pub fn capacity(&self) -> usize {
         self.lane.cap as usize
     }

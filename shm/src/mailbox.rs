@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::lane::{Consumer, Producer};
 use crate::wake::{self, Sleeper, WakeTarget};
-use crate::{Descriptor, ProcId, Region, ShmError};
+use crate::{Descriptor, ProcId, Region, ShmError, Slot};
 
 /// Builds the inbox and outboxes of one process from the region and the
 /// eventfds of every process (indexed by [`ProcId`]).
@@ -110,6 +110,24 @@ impl Outbox {
             }
             Err(_) => Err(ShmError::Full { to: self.to }),
         }
+    }
+
+    /// Hands `slot` to the peer with `d` (whose `slot` field is filled in).
+    /// The ownership transfer happens only once the lane is known to have
+    /// room, so a full lane gives the slot back instead of leaking it.
+    pub fn send_slot(&self, mut d: Descriptor, slot: Slot) -> Result<(), (ShmError, Slot)> {
+        {
+            let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            // We are the lane's only producer and hold its lock, so room seen here
+            // cannot disappear before the push below.
+            if !p.has_room() {
+                return Err((ShmError::Full { to: self.to }, slot));
+            }
+            d.slot = slot.send_to(self.to);
+            p.push(&d).expect("room was checked under the producer lock; this is a bug");
+        }
+        self.target.notify();
+        Ok(())
     }
 
     /// Entries waiting in the lane (the peer's backlog from us).

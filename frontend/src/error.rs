@@ -1,0 +1,120 @@
+//! The one place where failures become HTTP statuses (Triton's mapping where
+//! it has one). Every error body is JSON `{"error": "..."}` whose message says
+//! what was wrong and what is accepted.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request is malformed or does not fit the model: 400.
+    BadRequest(String),
+    /// Unknown model, version or route: 404.
+    NotFound(String),
+    /// Known route, wrong method: 405.
+    MethodNotAllowed(String),
+    /// Body over the configured limit: 413.
+    TooLarge(String),
+    /// A Content-Type the endpoint does not take: 415.
+    UnsupportedMediaType(String),
+    /// Admission is full: 429 with Retry-After.
+    TooManyRequests(String),
+    /// A worker failed: 500.
+    Internal(String),
+    /// Not ready, a worker died, or no room in shared memory: 503.
+    Unavailable(String),
+    /// The request's deadline passed: 504.
+    Timeout(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::MethodNotAllowed(m)
+            | ApiError::TooLarge(m)
+            | ApiError::UnsupportedMediaType(m)
+            | ApiError::TooManyRequests(m)
+            | ApiError::Internal(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Timeout(m) => m,
+        }
+    }
+
+    /// A failure reported by a worker, by its status class.
+    pub fn from_worker(status: shm::Status, message: String) -> ApiError {
+        match status {
+            shm::Status::InvalidInput => ApiError::BadRequest(message),
+            shm::Status::Timeout => ApiError::Timeout(message),
+            shm::Status::Unavailable => ApiError::Unavailable(message),
+            shm::Status::Ok | shm::Status::Backend | shm::Status::Internal => ApiError::Internal(message),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = serde_json::to_vec(&serde_json::json!({ "error": self.message() })).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<crate::v2::V2Error> for ApiError {
+    fn from(e: crate::v2::V2Error) -> ApiError {
+        match e {
+            // Outputs that do not match their shapes are the server's fault.
+            crate::v2::V2Error::Response(_) => ApiError::Internal(e.to_string()),
+            _ => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<shm::ShmError> for ApiError {
+    fn from(e: shm::ShmError) -> ApiError {
+        match e {
+            shm::ShmError::NoSlot { .. } | shm::ShmError::Full { .. } => {
+                ApiError::Unavailable(format!("the server is out of shared-memory capacity: {e}"))
+            }
+            shm::ShmError::PeerGone(_) => ApiError::Unavailable(format!("a worker is down: {e}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_table() {
+        assert_eq!(ApiError::from_worker(shm::Status::InvalidInput, "x".into()).status(), 400);
+        assert_eq!(ApiError::from_worker(shm::Status::Timeout, "x".into()).status(), 504);
+        assert_eq!(ApiError::from_worker(shm::Status::Backend, "x".into()).status(), 500);
+        let r = ApiError::TooManyRequests("full".into()).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,71 @@
+//! The statistics extension (`/v2/models[/<m>]/stats`, Triton's format) and
+//! the repository index, read from the counters the inference workers keep in
+//! shared memory: scraping never asks a worker anything.
+
+use serde_json::{Value, json};
+use shm::stats::{BATCH_BUCKETS, ModelStats, model_stats};
+
+use crate::error::ApiError;
+use crate::server::State;
+
+fn sum(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
+    let region = state.dispatch.region();
+    let gpus = region.layout().topology().gpus;
+    (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
+}
+
+fn one(state: &State, index: u16) -> Value {
+    let m = &state.repository.models[index as usize];
+    let get = |f: fn(&ModelStats) -> &std::sync::atomic::AtomicU64| sum(state, index, |s| ModelStats::get(f(s)));
+    let success = get(|s| &s.success_count);
+    let execs = get(|s| &s.execution_count);
+    let batch_stats: Vec<Value> = (1..BATCH_BUCKETS)
+        .filter_map(|b| {
+            let n = sum(state, index, |s| ModelStats::get(&s.batch_sizes[b]));
+            (n > 0).then(|| {
+                json!({
+                    "batch_size": b,
+                    // Per-size times are not kept yet; counts are exact.
+                    "compute_input": { "count": n, "ns": 0 },
+                    "compute_infer": { "count": n, "ns": 0 },
+                    "compute_output": { "count": n, "ns": 0 },
+                })
+            })
+        })
+        .collect();
+    json!({
+        "name": m.name,
+        "version": m.latest().to_string(),
+        "last_inference": get(|s| &s.last_inference_ms),
+        "inference_count": get(|s| &s.inference_count),
+        "execution_count": execs,
+        "inference_stats": {
+            "success": { "count": success, "ns": get(|s| &s.success_ns) },
+            "fail": { "count": get(|s| &s.failure_count), "ns": get(|s| &s.failure_ns) },
+            "queue": { "count": success, "ns": get(|s| &s.queue_ns) },
+            "compute_input": { "count": execs, "ns": get(|s| &s.compute_input_ns) },
+            "compute_infer": { "count": execs, "ns": get(|s| &s.compute_infer_ns) },
+            "compute_output": { "count": execs, "ns": get(|s| &s.compute_output_ns) },
+        },
+        "batch_stats": batch_stats,
+    })
+}
+
+pub fn render(state: &State, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
+    let stats: Vec<Value> = match model {
+        Some(i) => vec![one(state, i)],
+        None => (0..state.repository.models.len() as u16).map(|i| one(state, i)).collect(),
+    };
+    serde_json::to_vec(&json!({ "model_stats": stats })).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+pub fn repository_index(state: &State) -> Vec<u8> {
+    let ready = state.dispatch.all_ready();
+    let models: Vec<Value> = state
+        .repository
+        .models
+        .iter()
+        .map(|m| json!({ "name": m.name, "version": m.latest().to_string(), "state": if ready { "READY" } else { "UNAVAILABLE" } }))
+        .collect();
+    serde_json::to_vec(&models).unwrap_or_default()
+}

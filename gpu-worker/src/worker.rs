@@ -1,0 +1,315 @@
+//! The inference worker's scheduler: receive tensors, keep one `BatchState`
+//! per model, and hand a batch to a backend instance the moment one is free
+//! (so batches are cut as late as possible and grow while the model is busy).
+//! Backends run on their own threads ([`crate::instance`]); this thread never
+//! blocks on them or on I/O other than its inbox.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use model_repo::{Model, Repository};
+use shm::mailbox::Wiring;
+use shm::tensor::{self, TensorMeta};
+use shm::{Descriptor, Kind, Outbox, ProcId, ShmError, Slot, SlotPool, Status};
+
+use crate::backend::{self, BackendError};
+use crate::batcher::{BatchState, Limits, Next, Pending};
+use crate::instance::{self, Instance};
+use crate::onnx::{self, OnnxBackend, OnnxOptions};
+
+/// What the inference worker needs to run.
+pub struct Config {
+    pub wiring: Wiring,
+    pub repository: Arc<Repository>,
+    /// This worker's index among the inference workers.
+    pub index: u16,
+    pub onnxruntime_library: PathBuf,
+    /// Default ONNX Runtime intra-op threads (a model's config may override it).
+    pub intra_op_threads: usize,
+    pub spin: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error("model `{model}`: {source}")]
+    Backend { model: String, source: BackendError },
+    #[error(transparent)]
+    Runtime(BackendError),
+    #[error("cannot start a backend thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One request waiting for, or in, a batch.
+pub struct Item {
+    pub desc: Descriptor,
+    pub slot: Slot,
+    pub inputs: Vec<TensorMeta>,
+}
+
+struct ModelRt {
+    state: BatchState<Item>,
+    limits: Limits,
+    idle: Vec<usize>,
+    instances: Vec<mpsc::Sender<Vec<Pending<Item>>>>,
+}
+
+/// Sends errors and results; shared by the scheduler and the instances.
+pub struct Replies {
+    pub me: ProcId,
+    pub pool: SlotPool,
+    /// Indexed by process id; `None` where there is no lane.
+    pub outboxes: Vec<Option<Outbox>>,
+}
+
+impl Replies {
+    /// Sends `slot` to `to`, waiting briefly while the lane is full.
+    pub fn send(&self, to: ProcId, d: Descriptor, slot: Slot) -> Result<(), ShmError> {
+        let Some(out) = self.outboxes.get(to.0 as usize).and_then(Option::as_ref) else {
+            return Err(ShmError::PeerGone(to));
+        };
+        let mut slot = slot;
+        for _ in 0..10_000 {
+            match out.send_slot(d, slot) {
+                Ok(()) => return Ok(()),
+                Err((_, back)) => slot = back,
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Err(ShmError::Full { to })
+    }
+
+    /// Fails the request of `d` towards the frontend, reusing `slot` for the message.
+    pub fn fail(&self, d: &Descriptor, slot: Option<Slot>, status: Status, message: &str) {
+        tracing::debug!(request_id = d.request_id, "request failed: {message}");
+        let msg = message.as_bytes();
+        let slot = match slot {
+            Some(s) if s.capacity() >= msg.len() => Some(s),
+            _ => self.pool.alloc(msg.len(), self.me, d.request_id).ok(),
+        };
+        let mut reply = Descriptor {
+            kind: Kind::Error as u8,
+            status: status as u8,
+            slot: shm::NO_SLOT,
+            offset: 0,
+            len: 0,
+            sent_ns: shm::now_ns(),
+            ..*d
+        };
+        let sent = match slot {
+            Some(mut s) => {
+                s.as_mut_slice()[..msg.len()].copy_from_slice(msg);
+                reply.len = msg.len() as u32;
+                self.send(ProcId::FRONTEND, reply, s)
+            }
+            None => match &self.outboxes[0] {
+                Some(o) => o.send(&reply),
+                None => Err(ShmError::PeerGone(ProcId::FRONTEND)),
+            },
+        };
+        if let Err(e) = sent {
+            tracing::warn!(request_id = d.request_id, "could not report a failure to the frontend: {e}");
+        }
+    }
+}
+
+/// Loads every model, then schedules batches until `shutdown` is set.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> Result<(), WorkerError> {
+    onnx::init_runtime(&cfg.onnxruntime_library).map_err(WorkerError::Runtime)?;
+    let me = cfg.wiring.me();
+    let region = cfg.wiring.region().clone();
+    let procs = region.layout().topology().procs();
+    let replies = Arc::new(Replies {
+        me,
+        pool: SlotPool::new(region.clone()),
+        outboxes: (0..procs).map(|p| cfg.wiring.outbox(ProcId(p as u16))).collect(),
+    });
+    let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
+    let mut models = Vec::new();
+    for (mi, model) in cfg.repository.models.iter().enumerate() {
+        models.push(load_model(&cfg, mi, model, &replies, &done_tx)?);
+    }
+    let mut inbox = cfg.wiring.inbox();
+    tracing::info!("inference worker up: {} models loaded", models.len());
+    on_ready();
+    let mut next_wake: Option<u64> = None;
+    while !shutdown.load(Ordering::Acquire) {
+        let now = shm::now_ns();
+        let timeout = match next_wake {
+            Some(t) if t > now => Duration::from_nanos(t - now).min(Duration::from_millis(500)),
+            Some(_) => Duration::ZERO,
+            None => Duration::from_millis(500),
+        };
+        if let Some((from, d)) = inbox.recv(Some(timeout), cfg.spin) {
+            accept(&cfg.repository, &replies, &mut models, from, d);
+            while let Some((from, d)) = inbox.try_recv() {
+                accept(&cfg.repository, &replies, &mut models, from, d);
+            }
+        }
+        while let Ok((m, k)) = done_rx.try_recv() {
+            models[m].idle.push(k);
+        }
+        next_wake = schedule(&replies, &mut models, shm::now_ns());
+    }
+    tracing::info!("inference worker stopping");
+    Ok(())
+}
+
+fn load_model(
+    cfg: &Config,
+    mi: usize,
+    model: &Model,
+    replies: &Arc<Replies>,
+    done: &mpsc::Sender<(usize, usize)>,
+) -> Result<ModelRt, WorkerError> {
+    let opts = OnnxOptions {
+        intra_op_threads: model.config.intra_op_threads.map(|n| n as usize).unwrap_or(cfg.intra_op_threads),
+        spinning: false,
+    };
+    let file = model.file(model.latest());
+    let err = |source| WorkerError::Backend { model: model.name.clone(), source };
+    let mut instances = Vec::new();
+    for k in 0..model.config.instances as usize {
+        let started = std::time::Instant::now();
+        let backend = OnnxBackend::load(&file, &opts).map_err(err)?;
+        backend::check_config(&backend, &model.config).map_err(err)?;
+        tracing::info!(
+            "loaded {} instance {k} in {:?}: {}",
+            model.name,
+            started.elapsed(),
+            crate::backend::Backend::describe(&backend)
+        );
+        let (tx, rx) = mpsc::channel();
+        let inst = Instance {
+            name: model.name.clone(),
+            model_index: mi,
+            instance: k,
+            gpu: cfg.index,
+            config: model.config.clone(),
+            replies: replies.clone(),
+            done: done.clone(),
+            waker: cfg.wiring.self_waker(),
+        };
+        std::thread::Builder::new()
+            .name(format!("{}-{k}", model.name))
+            .spawn(move || instance::run(inst, Box::new(backend), rx))
+            .map_err(WorkerError::Thread)?;
+        instances.push(tx);
+    }
+    Ok(ModelRt {
+        state: BatchState::new(),
+        limits: Limits::from_config(&model.config),
+        idle: (0..instances.len()).collect(),
+        instances,
+    })
+}
+
+/// Validates an incoming descriptor and queues it for its model.
+fn accept(repo: &Repository, replies: &Replies, models: &mut [ModelRt], from: ProcId, d: Descriptor) {
+    let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
+    if d.kind() != Some(Kind::Tensors) {
+        tracing::warn!("unexpected {:?} descriptor from {from:?}; dropped", d.kind());
+        if d.has_slot() {
+            drop(replies.pool.adopt(from, replies.me, d.slot, d.offset, d.len));
+        }
+        return;
+    }
+    let slot = match replies.pool.adopt(from, replies.me, d.slot, d.offset, d.len) {
+        Ok(s) => s,
+        Err(e) => return replies.fail(&d, None, Status::Internal, &e.to_string()),
+    };
+    let Some(model) = repo.models.get(d.model as usize) else {
+        return replies.fail(&d, Some(slot), Status::Internal, &format!("no model #{}", d.model));
+    };
+    let checked = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
+        .map_err(|e| e.to_string())
+        .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)));
+    match checked {
+        Ok((inputs, rows, shape_key)) => models[d.model as usize].state.push(Pending {
+            item: Item { desc: d, slot, inputs },
+            rows,
+            shape_key,
+            arrived_ns: shm::now_ns(),
+            deadline_ns: d.deadline_ns,
+            priority: d.priority,
+        }),
+        Err(message) => replies.fail(&d, Some(slot), Status::InvalidInput, &message),
+    }
+}
+
+/// Checks tensors against the model's config; returns the batch rows and a key
+/// that is equal for requests that may share a batch (same non-batch shapes).
+fn check_inputs(model: &Model, metas: &[TensorMeta]) -> Result<(u32, u64), String> {
+    let cfg = &model.config;
+    if metas.len() != cfg.inputs.len() {
+        return Err(format!("model `{}` takes {} inputs, got {}", model.name, cfg.inputs.len(), metas.len()));
+    }
+    let batched = cfg.max_batch_size > 0;
+    let mut rows = None;
+    let mut key = DefaultHasher::new();
+    for (m, c) in metas.iter().zip(&cfg.inputs) {
+        let dims = if batched { m.dims.get(1..).unwrap_or(&[]) } else { &m.dims[..] };
+        let fits = m.dtype == c.datatype
+            && dims.len() == c.dims.len()
+            && dims.iter().zip(&c.dims).all(|(&d, &want)| want == -1 || d == want)
+            && (!batched || !m.dims.is_empty());
+        if !fits {
+            return Err(format!(
+                "input `{}` is {} {:?}; the model takes {} {:?}",
+                c.name,
+                m.dtype,
+                m.dims,
+                c.datatype,
+                cfg.full_shape(c)
+            ));
+        }
+        let r = if batched { m.dims[0] as u32 } else { 1 };
+        if *rows.get_or_insert(r) != r || r == 0 || (batched && r > cfg.max_batch_size) {
+            return Err(format!("batch size {r} is not accepted (1 to {} for every input)", cfg.max_batch_size));
+        }
+        dims.hash(&mut key);
+    }
+    Ok((rows.unwrap_or(1), key.finish()))
+}
+
+/// Fails expired requests and hands batches to idle instances; returns when
+/// the scheduler must look again even if nothing arrives.
+fn schedule(replies: &Replies, models: &mut [ModelRt], now: u64) -> Option<u64> {
+    let mut wake: Option<u64> = None;
+    for m in models.iter_mut() {
+        while let Some(&k) = m.idle.last() {
+            match m.state.next_batch(&m.limits, now) {
+                Next::Run(batch) => {
+                    m.idle.pop();
+                    if let Err(mpsc::SendError(batch)) = m.instances[k].send(batch) {
+                        for p in batch {
+                            replies.fail(
+                                &p.item.desc,
+                                Some(p.item.slot),
+                                Status::Backend,
+                                "the model instance stopped",
+                            );
+                        }
+                    }
+                }
+                Next::WaitUntil(t) => {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                    break;
+                }
+                Next::Idle => break,
+            }
+        }
+        // After next_batch: it sets aside requests it found expired.
+        for p in m.state.take_expired(now) {
+            let msg = "the request timed out before it could be computed (parameter `timeout` or the server default)";
+            replies.fail(&p.item.desc, Some(p.item.slot), Status::Timeout, msg);
+        }
+    }
+    wake
+}

@@ -1,0 +1,335 @@
+//! The preproc worker's loop: take jobs from the inbox, do the CPU stage they
+//! need, hand the result on. Every job is stateless (everything it needs is in
+//! the descriptor and its slot), so a replacement worker can pick up whatever
+//! a crashed one left in its lanes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use model_repo::{DType, Model, Repository};
+use shm::desc::FLAG_POSTPROCESS;
+use shm::mailbox::Wiring;
+use shm::region::ProcState;
+use shm::tensor::{self, TensorSpec};
+use shm::{Descriptor, Inbox, Kind, Outbox, ProcId, ShmError, Slot, SlotPool, Status};
+
+use crate::classify;
+use crate::image::{self, DecodeLimits};
+use crate::preprocess::{self, Scratch};
+
+/// What the preproc worker needs to run.
+pub struct Config {
+    pub wiring: Wiring,
+    pub repository: Arc<Repository>,
+    pub limits: DecodeLimits,
+    /// Decode JPEGs at a reduced DCT scale when the model input is small.
+    pub dct_scaling: bool,
+    /// How long to spin on an empty inbox before sleeping.
+    pub spin: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error("the topology has no lane from {from:?} to {to:?}; this is a bug")]
+    NoLane { from: ProcId, to: ProcId },
+}
+
+/// Why one request failed: its status class and a message for the client.
+struct Failure {
+    status: Status,
+    message: String,
+}
+
+impl Failure {
+    fn input(message: impl Into<String>) -> Failure {
+        Failure { status: Status::InvalidInput, message: message.into() }
+    }
+
+    fn internal(message: impl Into<String>) -> Failure {
+        Failure { status: Status::Internal, message: message.into() }
+    }
+}
+
+impl From<ShmError> for Failure {
+    fn from(e: ShmError) -> Failure {
+        let status = if matches!(e, ShmError::NoSlot { .. } | ShmError::Full { .. }) {
+            Status::Unavailable
+        } else {
+            Status::Internal
+        };
+        Failure { status, message: e.to_string() }
+    }
+}
+
+struct Worker {
+    me: ProcId,
+    repository: Arc<Repository>,
+    pool: SlotPool,
+    frontend: Outbox,
+    gpus: Vec<Outbox>,
+    limits: DecodeLimits,
+    dct_scaling: bool,
+    scratch: Scratch,
+    decoded: Vec<u8>,
+}
+
+/// Runs until `shutdown` is set (the caller also wakes the inbox).
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> Result<(), WorkerError> {
+    let me = cfg.wiring.me();
+    let region = cfg.wiring.region().clone();
+    let topo = region.layout().topology();
+    let lane = |to: ProcId| cfg.wiring.outbox(to).ok_or(WorkerError::NoLane { from: me, to });
+    let mut worker = Worker {
+        me,
+        repository: cfg.repository,
+        pool: SlotPool::new(region.clone()),
+        frontend: lane(ProcId::FRONTEND)?,
+        gpus: (0..topo.gpus).map(|i| lane(topo.gpu(i))).collect::<Result<_, _>>()?,
+        limits: cfg.limits,
+        dct_scaling: cfg.dct_scaling,
+        scratch: Scratch::default(),
+        decoded: Vec::new(),
+    };
+    let mut inbox: Inbox = cfg.wiring.inbox();
+    tracing::info!("preproc worker up ({} models)", worker.repository.models.len());
+    on_ready();
+    while !shutdown.load(Ordering::Acquire) {
+        if let Some((from, d)) = inbox.recv(Some(Duration::from_millis(500)), cfg.spin) {
+            worker.handle(from, d);
+        }
+    }
+    tracing::info!("preproc worker stopping");
+    Ok(())
+}
+
+impl Worker {
+    fn handle(&mut self, from: ProcId, d: Descriptor) {
+        let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
+        let result = match d.kind() {
+            Some(Kind::Images) => self.on_images(from, &d),
+            Some(Kind::Outputs) => self.on_outputs(from, &d),
+            other => {
+                // A buggy peer; free the slot if it really is ours and move on.
+                tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
+                if d.has_slot() {
+                    drop(self.pool.adopt(from, self.me, d.slot, d.offset, d.len));
+                }
+                return;
+            }
+        };
+        if let Err(f) = result {
+            tracing::debug!("request failed: {}", f.message);
+            self.fail(&d, f);
+        }
+    }
+
+    fn model(&self, index: u16) -> Result<&Model, Failure> {
+        self.repository
+            .models
+            .get(index as usize)
+            .ok_or_else(|| Failure::internal(format!("descriptor names model #{index}, which does not exist")))
+    }
+
+    /// Encoded images from the frontend → one input tensor for the model.
+    fn on_images(&mut self, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
+        let input = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let repository = self.repository.clone();
+        let model = repository
+            .models
+            .get(d.model as usize)
+            .ok_or_else(|| Failure::internal(format!("descriptor names model #{}, which does not exist", d.model)))?;
+        let cfg = &model.config;
+        let (Some(pre), Some((_, tensor_cfg))) = (cfg.preprocess.as_ref(), cfg.image_input()) else {
+            return Err(Failure::input(format!("model `{}` does not take images; send tensors", model.name)));
+        };
+        let dtype = tensor_cfg.datatype;
+        let images = split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
+        let per_image = preprocess::tensor_len(pre, dtype);
+        let dims: Vec<i64> = std::iter::once(d.rows as i64).chain(image_dims(pre)).collect();
+        let spec = TensorSpec { dtype, dims, byte_len: per_image * d.rows as usize };
+        let mut out = self.pool.alloc(tensor::plan(0, std::slice::from_ref(&spec))?.0, self.me, d.request_id)?;
+        let (table_len, ranges) = tensor::write_table(out.as_mut_slice(), 0, std::slice::from_ref(&spec))?;
+        let data = ranges[0].clone();
+        for (i, bytes) in images.iter().enumerate() {
+            let which = if images.len() > 1 { format!("image {i}: ") } else { String::new() };
+            let info = image::probe(bytes, &self.limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
+            let scale_to = self.dct_scaling.then(|| preprocess::source_size_needed(pre, info.width, info.height));
+            let (w, h) = image::decode_into(bytes, &info, scale_to, &mut self.decoded)
+                .map_err(|e| Failure::input(format!("{which}{e}")))?;
+            let dst = &mut out.as_mut_slice()[data.start + i * per_image..data.start + (i + 1) * per_image];
+            preprocess::preprocess_into((w, h, &self.decoded), pre, dtype, dst, &mut self.scratch)
+                .map_err(|e| Failure::internal(format!("{which}{e}")))?;
+        }
+        drop(input);
+        let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();
+        let next = Descriptor {
+            kind: Kind::Tensors as u8,
+            offset: 0,
+            len: table_len as u32,
+            reply_to: if postprocess { self.me.0 } else { ProcId::FRONTEND.0 },
+            sent_ns: shm::now_ns(),
+            ..*d
+        };
+        let gpu = self.pick_gpu();
+        send_slot(&self.gpus[gpu], next, out)
+    }
+
+    /// The inference worker with the shortest queue from us among the ready ones.
+    fn pick_gpu(&self) -> usize {
+        let region = self.pool.region();
+        let ready = |o: &Outbox| region.proc_state(o.to()) == ProcState::Ready;
+        (0..self.gpus.len()).filter(|&i| ready(&self.gpus[i])).min_by_key(|&i| self.gpus[i].backlog()).unwrap_or(0)
+    }
+
+    /// Model outputs → the post-processed JSON answer for the frontend.
+    fn on_outputs(&mut self, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
+        let mut slot = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let model = self.model(d.model)?;
+        let Some(post) = model.config.postprocess.as_ref() else {
+            return Err(Failure::internal(format!(
+                "model `{}` has no postprocess but its outputs came here",
+                model.name
+            )));
+        };
+        let (index, _) = model.config.scores_output().ok_or_else(|| Failure::internal("no scores output"))?;
+        let metas = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)?;
+        let meta = metas.get(index).ok_or_else(|| Failure::internal("the outputs lack the scores tensor"))?;
+        let scores = to_f32(meta.dtype, slot.bytes(meta.offset, meta.len)?)?;
+        let rows = (d.rows as usize).max(1);
+        if scores.len() % rows != 0 {
+            return Err(Failure::internal(format!("{} scores do not split into {rows} rows", scores.len())));
+        }
+        let per_row: Vec<Vec<classify::Class>> =
+            scores.chunks(scores.len() / rows).map(|row| classify::classify(row, post)).collect();
+        let body = if per_row.len() == 1 {
+            serde_json::json!({ "model_name": model.name, "model_version": model.latest().to_string(), "classes": per_row[0] })
+        } else {
+            serde_json::json!({ "model_name": model.name, "model_version": model.latest().to_string(), "results": per_row })
+        };
+        let json = serde_json::to_vec(&body).map_err(|e| Failure::internal(e.to_string()))?;
+        // The answer is small; write it over the outputs we no longer need.
+        if json.len() > slot.capacity() {
+            return Err(Failure::internal("the answer does not fit its slot"));
+        }
+        slot.as_mut_slice()[..json.len()].copy_from_slice(&json);
+        let reply =
+            Descriptor { kind: Kind::Response as u8, offset: 0, len: json.len() as u32, sent_ns: shm::now_ns(), ..*d };
+        send_slot(&self.frontend, reply, slot)
+    }
+
+    /// Tells the frontend that request `d` failed, with the message in a slot
+    /// (or without one if none is free: the frontend then says "overloaded").
+    fn fail(&self, d: &Descriptor, f: Failure) {
+        let mut reply = Descriptor {
+            kind: Kind::Error as u8,
+            status: f.status as u8,
+            slot: shm::NO_SLOT,
+            offset: 0,
+            len: 0,
+            sent_ns: shm::now_ns(),
+            ..*d
+        };
+        let msg = f.message.as_bytes();
+        let result = match self.pool.alloc(msg.len(), self.me, d.request_id) {
+            Ok(mut slot) => {
+                slot.as_mut_slice()[..msg.len()].copy_from_slice(msg);
+                reply.len = msg.len() as u32;
+                send_slot(&self.frontend, reply, slot)
+            }
+            Err(_) => self.frontend.send(&reply).map_err(Failure::from),
+        };
+        if result.is_err() {
+            tracing::warn!("could not report the failure of request {} to the frontend", d.request_id);
+        }
+    }
+}
+
+/// Sends `slot` with `d`, waiting briefly while the lane is full (the peer is
+/// behind); gives up after a second so a stuck peer cannot wedge this worker.
+fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
+    let mut slot = slot;
+    for attempt in 0..10_000 {
+        match out.send_slot(d, slot) {
+            Ok(()) => return Ok(()),
+            Err((_, back)) => slot = back,
+        }
+        if attempt == 0 {
+            tracing::debug!("lane to {:?} is full; waiting", out.to());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Err(Failure { status: Status::Unavailable, message: format!("the {:?} process is not keeping up", out.to()) })
+}
+
+/// The tensor shape of one image (without the batch dimension).
+fn image_dims(pre: &model_repo::Preprocess) -> [i64; 3] {
+    let (w, h) = (pre.width as i64, pre.height as i64);
+    match pre.layout {
+        model_repo::Layout::NCHW => [3, h, w],
+        model_repo::Layout::NHWC => [h, w, 3],
+    }
+}
+
+/// Splits a BYTES payload (u32 little-endian length, then the bytes; `rows`
+/// times) into its elements.
+fn split_bytes(mut data: &[u8], rows: u32) -> Result<Vec<&[u8]>, Failure> {
+    let mut out = Vec::with_capacity(rows as usize);
+    while !data.is_empty() {
+        if data.len() < 4 {
+            return Err(Failure::input("truncated BYTES element: fewer than 4 length bytes remain"));
+        }
+        let n = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let Some(elem) = data.get(4..4 + n) else {
+            return Err(Failure::input(format!("BYTES element declares {n} bytes but only {} remain", data.len() - 4)));
+        };
+        out.push(elem);
+        data = &data[4 + n..];
+    }
+    if out.len() != rows as usize {
+        return Err(Failure::input(format!("expected {rows} images, found {}", out.len())));
+    }
+    Ok(out)
+}
+
+fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>, Failure> {
+    match dtype {
+        DType::F32 => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        DType::F16 => Ok(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        other => Err(Failure::internal(format!("classification needs FP32 or FP16 scores, got {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_payload(items: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in items {
+            v.extend_from_slice(&(i.len() as u32).to_le_bytes());
+            v.extend_from_slice(i);
+        }
+        v
+    }
+
+    #[test]
+    fn bytes_payloads_split_and_are_checked() {
+        let p = bytes_payload(&[b"abc", b"", b"de"]);
+        assert_eq!(split_bytes(&p, 3).ok().unwrap(), vec![&b"abc"[..], b"", b"de"]);
+        assert!(split_bytes(&p, 2).is_err(), "count mismatch");
+        assert!(split_bytes(&p[..p.len() - 1], 3).is_err(), "truncated element");
+        assert!(split_bytes(&[1, 0], 1).is_err(), "truncated length");
+    }
+
+    #[test]
+    fn scores_convert_from_fp16_and_fp32() {
+        let f32s: Vec<u8> = [0.25f32, 0.75].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(to_f32(DType::F32, &f32s).ok().unwrap(), vec![0.25, 0.75]);
+        let f16s: Vec<u8> = [0.5f32].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(to_f32(DType::F16, &f16s).ok().unwrap(), vec![0.5]);
+        assert!(to_f32(DType::I64, &[0; 8]).is_err());
+    }
+}

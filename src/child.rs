@@ -1,0 +1,160 @@
+//! A child process: the same binary started by the supervisor with the hidden
+//! `child` command. It reads its spec from the control socket, attaches to the
+//! shared memory and runs one role until told to stop or until its parent dies.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use shm::mailbox::Wiring;
+use shm::{ProcId, Region};
+
+use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, Role, SUPERVISOR_PID_ENV, ToChild};
+
+fn env_fd(name: &str) -> anyhow::Result<i32> {
+    let v = std::env::var(name)
+        .with_context(|| format!("{name} is not set; `highserve child` is started by `highserve serve`"))?;
+    v.parse().with_context(|| format!("{name}={v} is not a descriptor number"))
+}
+
+/// Dies with the supervisor even if it is SIGKILLed.
+fn die_with_parent() -> anyhow::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    // The parent may have died between our fork and the prctl above: then we
+    // were reparented and the death signal will never come.
+    let expected: i32 = std::env::var(SUPERVISOR_PID_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(0);
+    if parent != expected {
+        bail!("the supervisor (pid {expected}) is gone; exiting");
+    }
+    Ok(())
+}
+
+fn send(stream: &UnixStream, msg: &FromChild) {
+    let mut line = serde_json::to_vec(msg).expect("control messages serialize; this is a bug");
+    line.push(b'\n');
+    // A failed write means the supervisor is gone; the death signal follows.
+    let _ = (&*stream).write_all(&line);
+}
+
+pub fn main() -> anyhow::Result<()> {
+    die_with_parent()?;
+    let control = UnixStream::from(shm::fd::adopt(env_fd(CONTROL_FD_ENV)?)?);
+    let mut reader = BufReader::new(control.try_clone()?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let spec = match serde_json::from_str::<ToChild>(&first) {
+        Ok(ToChild::Spec(spec)) => *spec,
+        Ok(other) => bail!("expected a spec from the supervisor, got {other:?}"),
+        Err(e) => bail!("bad spec from the supervisor: {e}"),
+    };
+    crate::telemetry::init(&spec.role.name(), spec.config.log.format, &spec.config.log.level);
+    let role = spec.role;
+    let result = run_role(spec, control, reader);
+    if let Err(e) = &result {
+        tracing::error!("{} failed: {e:#}", role.name());
+    }
+    result
+}
+
+fn attach(spec: &ChildSpec) -> anyhow::Result<Wiring> {
+    let region = Arc::new(Region::attach(shm::fd::adopt(spec.shm_fd)?)?);
+    let efds = spec.efds.iter().map(|&n| shm::fd::adopt(n).map(Arc::new)).collect::<Result<Vec<Arc<OwnedFd>>, _>>()?;
+    let topo = region.layout().topology();
+    let me = match spec.role {
+        Role::Frontend => ProcId::FRONTEND,
+        Role::Gpu(i) => topo.gpu(i),
+        Role::Preproc(i) => topo.preproc(i),
+    };
+    Ok(Wiring::new(region, me, efds)?)
+}
+
+fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>) -> anyhow::Result<()> {
+    let wiring = attach(&spec)?;
+    let repository = Arc::new(spec.repository.clone());
+    let cfg = &spec.config;
+    let spin = Duration::from_micros(cfg.shm.spin_microseconds);
+    let ready = |addr: Option<String>| send(&control, &FromChild::Ready { addr });
+    match spec.role {
+        Role::Frontend => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            std::thread::Builder::new().name("control".into()).spawn(move || {
+                for line in reader.lines() {
+                    let cmd = match line.map(|l| serde_json::from_str::<ToChild>(&l)) {
+                        Ok(Ok(ToChild::Drain { deadline_ms })) => {
+                            frontend::Command::Drain { deadline: Duration::from_millis(deadline_ms) }
+                        }
+                        Ok(Ok(ToChild::Fail { ids, message })) => frontend::Command::Fail { ids, message },
+                        Ok(Ok(_)) => continue,
+                        _ => break,
+                    };
+                    if tx.send(cmd).is_err() {
+                        break;
+                    }
+                }
+                // The supervisor is gone (or spoke nonsense): stop at once.
+                let _ = tx.send(frontend::Command::Drain { deadline: Duration::ZERO });
+            })?;
+            let fcfg = frontend::Config {
+                wiring,
+                repository,
+                addr: format!("{}:{}", cfg.server.host, cfg.server.port),
+                max_body_bytes: cfg.server.max_body_bytes.0,
+                max_inflight: cfg.server.max_inflight as usize,
+                request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
+                threads: cfg.server.threads as usize,
+                spin,
+            };
+            frontend::run(fcfg, rx, |addr| ready(Some(addr.to_string())))?;
+        }
+        Role::Gpu(index) => {
+            let shutdown = stop_on_command(reader, &wiring)?;
+            let gcfg = gpu_worker::Config {
+                wiring,
+                repository,
+                index,
+                onnxruntime_library: cfg.inference.onnxruntime_library.clone(),
+                intra_op_threads: cfg.inference.intra_op_threads as usize,
+                spin,
+            };
+            gpu_worker::run(gcfg, shutdown, || ready(None))?;
+        }
+        Role::Preproc(_) => {
+            let shutdown = stop_on_command(reader, &wiring)?;
+            let pcfg = preproc_worker::Config {
+                wiring,
+                repository,
+                limits: preproc_worker::image::DecodeLimits {
+                    max_pixels: cfg.preproc.max_image_pixels,
+                    max_side: cfg.preproc.max_image_side,
+                },
+                dct_scaling: cfg.preproc.jpeg_dct_scaling,
+                spin,
+            };
+            preproc_worker::run(pcfg, shutdown, || ready(None))?;
+        }
+    }
+    Ok(())
+}
+
+/// A thread that sets the returned flag (and wakes the worker's inbox) on
+/// `stop` or when the supervisor's end of the socket closes.
+fn stop_on_command(reader: BufReader<UnixStream>, wiring: &Wiring) -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (f, waker) = (flag.clone(), wiring.self_waker());
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for line in reader.lines() {
+            match line.map(|l| serde_json::from_str::<ToChild>(&l)) {
+                Ok(Ok(ToChild::Stop)) | Err(_) => break,
+                _ => {}
+            }
+        }
+        f.store(true, Ordering::Release);
+        waker.wake();
+    })?;
+    Ok(flag)
+}

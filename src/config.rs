@@ -1,0 +1,322 @@
+//! The daemon's configuration: one TOML file (configs/default.toml documents
+//! every key) plus a few flags with environment overrides for what operators
+//! change per host. Relative paths are resolved against the file's directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A byte size written as an integer or as "64MiB" / "256KiB" / "1GiB".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 =
+        num.replace('_', "").parse().map_err(|_| format!("`{s}` is not a size; write e.g. 65536 or \"64KiB\""))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`; accepted: B, KiB, MiB, GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub models: Models,
+    pub preproc: Preproc,
+    pub inference: Inference,
+    pub shm: Shm,
+    pub supervisor: Supervisor,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: ByteSize,
+    pub max_inflight: u32,
+    pub request_timeout_ms: u64,
+    pub threads: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub repository: PathBuf,
+    #[serde(default)]
+    pub load: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preproc {
+    pub workers: u32,
+    pub max_image_pixels: u64,
+    pub max_image_side: u32,
+    pub jpeg_dct_scaling: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inference {
+    pub onnxruntime_library: PathBuf,
+    pub intra_op_threads: u32,
+    pub workers: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotClass {
+    pub size: ByteSize,
+    pub count: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shm {
+    pub lane_capacity: u32,
+    pub spin_microseconds: u64,
+    pub slots: Vec<SlotClass>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Supervisor {
+    pub drain_timeout_ms: u64,
+    pub ready_timeout_ms: u64,
+    pub restart_backoff_ms: [u64; 2],
+    pub max_restarts: u32,
+    pub restart_window_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Flags that override the file (each also readable from the environment).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on [env: HIGHSERVE_HOST]
+    #[arg(long, env = "HIGHSERVE_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one [env: HIGHSERVE_PORT]
+    #[arg(long, env = "HIGHSERVE_PORT")]
+    pub port: Option<u16>,
+    /// Preproc worker processes; 0 = one per core [env: HIGHSERVE_PREPROC_WORKERS]
+    #[arg(long, env = "HIGHSERVE_PREPROC_WORKERS")]
+    pub preproc_workers: Option<u32>,
+    /// Model repository directory [env: HIGHSERVE_MODELS]
+    #[arg(long, env = "HIGHSERVE_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Load only these models (comma-separated) [env: HIGHSERVE_LOAD]
+    #[arg(long, env = "HIGHSERVE_LOAD", value_delimiter = ',')]
+    pub load: Option<Vec<String>>,
+    /// Log format [env: HIGHSERVE_LOG_FORMAT]
+    #[arg(long, env = "HIGHSERVE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides`, resolves paths and validates.
+    pub fn load(path: &Path, overrides: &Overrides) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+        cfg.apply(overrides);
+        cfg.models.repository = base.join(&cfg.models.repository);
+        cfg.inference.onnxruntime_library = base.join(&cfg.inference.onnxruntime_library);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(h) = &o.host {
+            self.server.host = h.clone();
+        }
+        if let Some(p) = o.port {
+            self.server.port = p;
+        }
+        if let Some(n) = o.preproc_workers {
+            self.preproc.workers = n;
+        }
+        if let Some(m) = &o.models {
+            // A flag is relative to the working directory, not to the file.
+            self.models.repository = std::env::current_dir().map(|d| d.join(m)).unwrap_or_else(|_| m.clone());
+        }
+        if let Some(l) = &o.load {
+            self.models.load = l.clone();
+        }
+        if let Some(f) = o.log_format {
+            self.log.format = f;
+        }
+    }
+
+    /// Checks the values that have a valid range; the messages name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.max_inflight == 0 {
+            bail!("server.max_inflight must be at least 1");
+        }
+        if self.server.threads == 0 || self.server.threads > 256 {
+            bail!("server.threads = {}; 1 to 256 are accepted", self.server.threads);
+        }
+        if self.server.max_body_bytes.0 == 0 {
+            bail!("server.max_body_bytes must be positive");
+        }
+        if self.inference.workers == 0 || self.inference.workers > 64 {
+            bail!("inference.workers = {}; 1 to 64 are accepted", self.inference.workers);
+        }
+        if self.inference.intra_op_threads == 0 {
+            bail!("inference.intra_op_threads must be at least 1");
+        }
+        if self.preproc.workers > 1024 {
+            bail!("preproc.workers = {}; 0 (one per core) to 1024 are accepted", self.preproc.workers);
+        }
+        if !self.shm.lane_capacity.is_power_of_two() || self.shm.lane_capacity < 16 {
+            bail!("shm.lane_capacity = {} must be a power of two, at least 16", self.shm.lane_capacity);
+        }
+        if self.shm.lane_capacity < self.server.max_inflight {
+            bail!(
+                "shm.lane_capacity ({}) must be at least server.max_inflight ({}) so that a lane never fills",
+                self.shm.lane_capacity,
+                self.server.max_inflight
+            );
+        }
+        for s in &self.shm.slots {
+            if s.size.0 == 0 || s.size.0 % 4096 != 0 || s.count == 0 {
+                bail!(
+                    "shm.slots: size {} x {} must be a positive multiple of 4096 bytes with count > 0",
+                    s.size.0,
+                    s.count
+                );
+            }
+        }
+        let largest = self.shm.slots.iter().map(|s| s.size.0).max().unwrap_or(0);
+        if largest < self.server.max_body_bytes.0.min(16 << 20) {
+            bail!(
+                "the largest shm slot ({largest} bytes) is smaller than server.max_body_bytes ({}) capped at 16 MiB",
+                self.server.max_body_bytes.0
+            );
+        }
+        let [lo, hi] = self.supervisor.restart_backoff_ms;
+        if lo == 0 || lo > hi {
+            bail!("supervisor.restart_backoff_ms = [{lo}, {hi}]; need 0 < first <= second");
+        }
+        if !matches!(self.log.level.as_str(), "") && tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bail!("log.level `{}` is not a tracing filter (e.g. \"info\" or \"highserve=debug,info\")", self.log.level);
+        }
+        Ok(())
+    }
+
+    /// Preproc workers after resolving 0 to the number of cores.
+    pub fn preproc_workers(&self) -> u16 {
+        match self.preproc.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(1024) as u16,
+            n => n as u16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/default.toml")
+    }
+
+    #[test]
+    fn the_shipped_default_config_loads() {
+        let cfg = Config::load(&default_path(), &Overrides::default()).unwrap();
+        assert_eq!(cfg.server.port, 8000);
+        assert_eq!(cfg.server.host, "127.0.0.1", "loopback unless configured otherwise");
+        assert!(cfg.models.repository.ends_with("models"));
+        assert!(cfg.models.repository.is_absolute());
+        assert_eq!(cfg.shm.slots[0].size, ByteSize(256 << 10));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let o = Overrides {
+            port: Some(0),
+            preproc_workers: Some(3),
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        };
+        let cfg = Config::load(&default_path(), &o).unwrap();
+        assert_eq!((cfg.server.port, cfg.preproc_workers(), cfg.log.format), (0, 3, LogFormat::Json));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = std::fs::read_to_string(default_path()).unwrap().replace("[server]", "[server]\nprot = 1");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1_024 KiB"), Ok(1 << 20));
+        assert!(parse_size("3 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let base = std::fs::read_to_string(default_path()).unwrap();
+        let cases = [
+            ("lane_capacity = 1024", "lane_capacity = 1000", "power of two"),
+            ("max_inflight = 512", "max_inflight = 4096", "lane never fills"),
+            ("restart_backoff_ms = [100, 5000]", "restart_backoff_ms = [100, 50]", "restart_backoff_ms"),
+            ("format = \"text\"", "format = \"xml\"", "xml"),
+        ];
+        for (from, to, needle) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, base.replace(from, to)).unwrap();
+            let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains(needle), "`{to}`: {err}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! `highserve serve`: creates the shared memory, starts the children in order
+//! (inference workers, preproc pool, frontend), each reporting ready, restarts
+//! crashed workers with backoff, and on SIGTERM or Ctrl-C drains and stops
+//! them in reverse order.
+//!
+//! The frontend is not restarted: if it dies the daemon exits non-zero and the
+//! service manager (systemd `Restart=on-failure`, Kubernetes) starts it again;
+//! every client connection died with it anyway, so an in-process restart would
+//! hide the failure without saving any request.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use model_repo::Repository;
+use shm::mailbox::Wiring;
+use shm::region::ProcState;
+use shm::{LayoutParams, ProcId, Region, SlotClass, SlotPool, Topology};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, Role, SUPERVISOR_PID_ENV, ToChild};
+use crate::restart::{Decision, RestartPolicy};
+
+enum Event {
+    Exited { proc: ProcId, generation: u64, status: std::io::Result<ExitStatus> },
+    Ready { proc: ProcId, generation: u64, addr: Option<String> },
+    RestartDue { proc: ProcId },
+}
+
+struct Child {
+    role: Role,
+    generation: u64,
+    pid: Option<u32>,
+    writer: Option<OwnedWriteHalf>,
+    policy: RestartPolicy,
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    repository: Repository,
+    run_dir: Option<PathBuf>,
+    region: Arc<Region>,
+    efds: Vec<Arc<OwnedFd>>,
+    children: HashMap<ProcId, Child>,
+    topology: Topology,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+fn slot_classes(cfg: &Config) -> Vec<SlotClass> {
+    cfg.shm.slots.iter().map(|s| SlotClass { size: s.size.0 as usize, count: s.count }).collect()
+}
+
+impl Supervisor {
+    pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
+        let load = (!cfg.models.load.is_empty()).then_some(cfg.models.load.as_slice());
+        let repository = Repository::load(&cfg.models.repository, load)?;
+        let topology = Topology { gpus: cfg.inference.workers as u16, preprocs: cfg.preproc_workers() };
+        let params =
+            LayoutParams::new(topology, repository.models.len(), cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
+        let region = Arc::new(Region::create("highserve", &params)?);
+        tracing::info!(
+            "shared memory: {} MiB ({} slots, {} lanes of {} descriptors)",
+            region.len() >> 20,
+            region.layout().total_slots,
+            region.layout().lanes,
+            cfg.shm.lane_capacity
+        );
+        // Every child maps the region and may wake any process, so these stay
+        // inheritable for the supervisor's life; nothing else is ever spawned.
+        shm::fd::set_inheritable(region.fd().context("memfd region has an fd")?, true)?;
+        let mut efds = Vec::new();
+        for _ in 0..topology.procs() {
+            let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK)?;
+            efds.push(Arc::new(efd));
+        }
+        let policy = RestartPolicy::new(
+            Duration::from_millis(cfg.supervisor.restart_backoff_ms[0]),
+            Duration::from_millis(cfg.supervisor.restart_backoff_ms[1]),
+            cfg.supervisor.max_restarts,
+            Duration::from_secs(cfg.supervisor.restart_window_s),
+        );
+        let mut children = HashMap::new();
+        let mut add = |proc, role| {
+            children.insert(proc, Child { role, generation: 0, pid: None, writer: None, policy: policy.clone() });
+        };
+        add(ProcId::FRONTEND, Role::Frontend);
+        for i in 0..topology.gpus {
+            add(topology.gpu(i), Role::Gpu(i));
+        }
+        for i in 0..topology.preprocs {
+            add(topology.preproc(i), Role::Preproc(i));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Supervisor { cfg, repository, run_dir, region, efds, children, topology, tx, rx })
+    }
+
+    /// Start-up order: inference workers (models loaded), preproc pool, frontend.
+    fn start_order(&self) -> Vec<ProcId> {
+        let t = self.topology;
+        let mut order: Vec<ProcId> = (0..t.gpus).map(|i| t.gpu(i)).collect();
+        order.extend((0..t.preprocs).map(|i| t.preproc(i)));
+        order.push(ProcId::FRONTEND);
+        order
+    }
+
+    async fn spawn(&mut self, proc: ProcId) -> anyhow::Result<()> {
+        let role = self.children[&proc].role;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        shm::fd::set_inheritable(&theirs, true)?;
+        let exe = std::env::current_exe().context("cannot find the highserve executable")?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("child")
+            .env(CONTROL_FD_ENV, theirs.as_raw_fd().to_string())
+            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+            .stdin(std::process::Stdio::null())
+            // Own process group: a terminal's Ctrl-C reaches only the supervisor,
+            // which then drains in order instead of every process dying at once.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("cannot start the {} process", role.name()))?;
+        drop(theirs);
+        let pid = child.id();
+        self.region.set_proc_state(proc, ProcState::Starting);
+        if let Some(e) = self.region.proc(proc) {
+            e.pid.store(pid.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        }
+        let entry = self.children.get_mut(&proc).expect("child slot exists; this is a bug");
+        entry.generation += 1;
+        entry.pid = pid;
+        let generation = entry.generation;
+        ours.set_nonblocking(true)?;
+        let (read, mut write) = tokio::net::UnixStream::from_std(ours)?.into_split();
+        let spec = ChildSpec {
+            role,
+            config: self.cfg.clone(),
+            repository: self.repository.clone(),
+            shm_fd: self.region.fd().context("memfd region has an fd")?.as_raw_fd(),
+            efds: self.efds.iter().map(|e| e.as_fd().as_raw_fd()).collect(),
+            run_dir: self.run_dir.clone(),
+        };
+        let mut line = serde_json::to_vec(&ToChild::Spec(Box::new(spec)))?;
+        line.push(b'\n');
+        write.write_all(&line).await.context("cannot send the child its spec")?;
+        entry.writer = Some(write);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Event::Exited { proc, generation, status });
+        });
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Ok(FromChild::Ready { addr }) = serde_json::from_str(&l) {
+                    let _ = tx.send(Event::Ready { proc, generation, addr });
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn tell(&mut self, proc: ProcId, msg: &ToChild) {
+        if let Some(w) = self.children.get_mut(&proc).and_then(|c| c.writer.as_mut()) {
+            let mut line = serde_json::to_vec(msg).expect("control messages serialize; this is a bug");
+            line.push(b'\n');
+            let _ = w.write_all(&line).await;
+        }
+    }
+
+    fn current(&self, proc: ProcId, generation: u64) -> bool {
+        self.children.get(&proc).is_some_and(|c| c.generation == generation)
+    }
+
+    /// Starts every child in order, waiting for each to report ready.
+    async fn start_all(&mut self) -> anyhow::Result<String> {
+        let timeout = Duration::from_millis(self.cfg.supervisor.ready_timeout_ms);
+        let mut addr = String::new();
+        for proc in self.start_order() {
+            self.spawn(proc).await?;
+            let name = self.children[&proc].role.name();
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let ev = tokio::time::timeout_at(deadline, self.rx.recv())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{name} did not report ready within {timeout:?}"))?;
+                match ev {
+                    Some(Event::Ready { proc: p, generation, addr: a }) if p == proc && self.current(p, generation) => {
+                        self.region.set_proc_state(proc, ProcState::Ready);
+                        if let Some(a) = a {
+                            addr = a;
+                        }
+                        tracing::info!("{name} ready");
+                        break;
+                    }
+                    Some(Event::Exited { proc: p, status, .. }) => {
+                        bail!("{} exited during start-up ({})", self.children[&p].role.name(), describe(&status));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(addr)
+    }
+
+    /// Runs the daemon until a signal or a fatal failure; returns the exit code.
+    pub async fn run(mut self) -> anyhow::Result<i32> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let started = tokio::select! {
+            r = self.start_all() => r,
+            _ = term.recv() => Err(anyhow::anyhow!("SIGTERM during start-up")),
+            _ = int.recv() => Err(anyhow::anyhow!("interrupted during start-up")),
+        };
+        let addr = match started {
+            Ok(a) => a,
+            Err(e) => {
+                self.stop_all(Duration::ZERO).await;
+                return Err(e);
+            }
+        };
+        tracing::info!("highserve ready on http://{addr} ({} models)", self.repository.models.len());
+        if let Some(dir) = &self.run_dir {
+            let tmp = dir.join("ready.tmp");
+            std::fs::write(&tmp, format!("http://{addr}\n"))?;
+            std::fs::rename(&tmp, dir.join("ready"))?;
+        }
+        let code = loop {
+            tokio::select! {
+                _ = term.recv() => break 0,
+                _ = int.recv() => break 0,
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => if let Some(code) = self.handle(ev).await { break code },
+                    None => break 1,
+                },
+            }
+        };
+        let drain =
+            if code == 0 { Duration::from_millis(self.cfg.supervisor.drain_timeout_ms) } else { Duration::ZERO };
+        self.stop_all(drain).await;
+        Ok(code)
+    }
+
+    /// Handles an event while serving; `Some(code)` ends the daemon.
+    async fn handle(&mut self, ev: Event) -> Option<i32> {
+        match ev {
+            Event::Ready { proc, generation, .. } if self.current(proc, generation) => {
+                self.region.set_proc_state(proc, ProcState::Ready);
+                tracing::info!("{} ready again", self.children[&proc].role.name());
+                None
+            }
+            Event::RestartDue { proc } => match self.spawn(proc).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!("cannot restart {}: {e:#}", self.children[&proc].role.name());
+                    Some(1)
+                }
+            },
+            Event::Exited { proc, generation, status } if self.current(proc, generation) => {
+                self.on_exit(proc, status).await
+            }
+            _ => None,
+        }
+    }
+
+    async fn on_exit(&mut self, proc: ProcId, status: std::io::Result<ExitStatus>) -> Option<i32> {
+        let name = self.children[&proc].role.name();
+        self.region.set_proc_state(proc, ProcState::Down);
+        if let Some(c) = self.children.get_mut(&proc) {
+            c.pid = None;
+            c.writer = None;
+        }
+        if proc == ProcId::FRONTEND {
+            tracing::error!("the frontend exited ({}); stopping the daemon", describe(&status));
+            return Some(1);
+        }
+        let lost = self.reclaim(proc);
+        tracing::error!("{name} exited ({}); {} request(s) lost with it", describe(&status), lost.len());
+        if !lost.is_empty() {
+            let message = format!("the {name} worker crashed while handling this request; it is being restarted");
+            self.tell(ProcId::FRONTEND, &ToChild::Fail { ids: lost, message }).await;
+        }
+        let decision = self.children.get_mut(&proc).map(|c| c.policy.on_crash(Instant::now()));
+        match decision {
+            Some(Decision::Restart(delay)) => {
+                tracing::info!("restarting {name} in {delay:?}");
+                if let Some(e) = self.region.proc(proc) {
+                    e.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Event::RestartDue { proc });
+                });
+                None
+            }
+            Some(Decision::GiveUp { crashes, window }) => {
+                tracing::error!("{name} crashed {crashes} times within {window:?}; giving up");
+                Some(1)
+            }
+            None => Some(1),
+        }
+    }
+
+    /// Frees what a dead process held: its slots and the descriptors queued to
+    /// it (they point at those slots). Returns the requests that were lost.
+    fn reclaim(&self, dead: ProcId) -> Vec<u64> {
+        let pool = SlotPool::new(self.region.clone());
+        let mut lost = pool.reclaim(dead);
+        if let Ok(w) = Wiring::new(self.region.clone(), dead, self.efds.clone()) {
+            let mut inbox = w.inbox();
+            while let Some((_, d)) = inbox.try_recv() {
+                lost.push(d.request_id);
+            }
+        }
+        lost.sort_unstable();
+        lost.dedup();
+        lost
+    }
+
+    /// Drains the frontend (up to `drain`), then stops the workers in reverse
+    /// start order; anything that does not exit in time is killed.
+    async fn stop_all(&mut self, drain: Duration) {
+        let mut order = self.start_order();
+        order.reverse();
+        for proc in order {
+            let Some(pid) = self.children[&proc].pid else { continue };
+            self.region.set_proc_state(proc, ProcState::Stopping);
+            let grace = if proc == ProcId::FRONTEND {
+                self.tell(proc, &ToChild::Drain { deadline_ms: drain.as_millis() as u64 }).await;
+                drain + Duration::from_secs(2)
+            } else {
+                self.tell(proc, &ToChild::Stop).await;
+                Duration::from_secs(5)
+            };
+            let generation = self.children[&proc].generation;
+            let deadline = tokio::time::Instant::now() + grace;
+            loop {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(Event::Exited { proc: p, generation: g, .. })) if p == proc && g == generation => break,
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(
+                            "{} did not stop within {grace:?}; killing it",
+                            self.children[&proc].role.name()
+                        );
+                        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        }
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = self.children.get_mut(&proc) {
+                c.pid = None;
+                c.writer = None;
+            }
+        }
+    }
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
