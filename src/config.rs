@@ -152,6 +152,11 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// `a/configs/../models` → `a/models` when the path exists (for readable logs).
+fn tidy(p: PathBuf) -> PathBuf {
+    p.canonicalize().unwrap_or(p)
+}
+
 impl Config {
     /// Reads `path`, applies `overrides`, resolves paths and validates.
     pub fn load(path: &Path, overrides: &Overrides) -> anyhow::Result<Config> {
@@ -160,8 +165,8 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
         cfg.apply(overrides);
-        cfg.models.repository = base.join(&cfg.models.repository);
-        cfg.inference.onnxruntime_library = base.join(&cfg.inference.onnxruntime_library);
+        cfg.models.repository = tidy(base.join(&cfg.models.repository));
+        cfg.inference.onnxruntime_library = tidy(base.join(&cfg.inference.onnxruntime_library));
         cfg.validate()?;
         Ok(cfg)
     }
@@ -178,7 +183,7 @@ impl Config {
         }
         if let Some(m) = &o.models {
             // A flag is relative to the working directory, not to the file.
-            self.models.repository = std::env::current_dir().map(|d| d.join(m)).unwrap_or_else(|_| m.clone());
+            self.models.repository = tidy(std::env::current_dir().map(|d| d.join(m)).unwrap_or_else(|_| m.clone()));
         }
         if let Some(l) = &o.load {
             self.models.load = l.clone();
