@@ -69,50 +69,20 @@ pub struct Replies {
 }
 
 impl Replies {
-    /// Sends `slot` to `to`, waiting briefly while the lane is full.
+    fn outbox(&self, to: ProcId) -> Result<&Outbox, ShmError> {
+        self.outboxes.get(to.0 as usize).and_then(Option::as_ref).ok_or(ShmError::PeerGone(to))
+    }
+
+    /// Sends `slot` to `to`, waiting up to a second while the lane is full.
     pub fn send(&self, to: ProcId, d: Descriptor, slot: Slot) -> Result<(), ShmError> {
-        let Some(out) = self.outboxes.get(to.0 as usize).and_then(Option::as_ref) else {
-            return Err(ShmError::PeerGone(to));
-        };
-        let mut slot = slot;
-        for _ in 0..10_000 {
-            match out.send_slot(d, slot) {
-                Ok(()) => return Ok(()),
-                Err((_, back)) => slot = back,
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        Err(ShmError::Full { to })
+        self.outbox(to)?.send_slot_wait(d, slot, Duration::from_secs(1))
     }
 
     /// Fails the request of `d` towards the frontend, reusing `slot` for the message.
     pub fn fail(&self, d: &Descriptor, slot: Option<Slot>, status: Status, message: &str) {
         tracing::debug!(request_id = d.request_id, "request failed: {message}");
-        let msg = message.as_bytes();
-        let slot = match slot {
-            Some(s) if s.capacity() >= msg.len() => Some(s),
-            _ => self.pool.alloc(msg.len(), self.me, d.request_id).ok(),
-        };
-        let mut reply = Descriptor {
-            kind: Kind::Error as u8,
-            status: status as u8,
-            slot: shm::NO_SLOT,
-            offset: 0,
-            len: 0,
-            sent_ns: shm::now_ns(),
-            ..*d
-        };
-        let sent = match slot {
-            Some(mut s) => {
-                s.as_mut_slice()[..msg.len()].copy_from_slice(msg);
-                reply.len = msg.len() as u32;
-                self.send(ProcId::FRONTEND, reply, s)
-            }
-            None => match &self.outboxes[0] {
-                Some(o) => o.send(&reply),
-                None => Err(ShmError::PeerGone(ProcId::FRONTEND)),
-            },
-        };
+        let sent =
+            self.outbox(ProcId::FRONTEND).and_then(|o| o.send_error(&self.pool, self.me, d, slot, status, message));
         if let Err(e) = sent {
             tracing::warn!(request_id = d.request_id, "could not report a failure to the frontend: {e}");
         }

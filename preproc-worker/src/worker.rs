@@ -220,48 +220,20 @@ impl Worker {
         send_slot(&self.frontend, reply, slot)
     }
 
-    /// Tells the frontend that request `d` failed, with the message in a slot
-    /// (or without one if none is free: the frontend then says "overloaded").
+    /// Tells the frontend that request `d` failed.
     fn fail(&self, d: &Descriptor, f: Failure) {
-        let mut reply = Descriptor {
-            kind: Kind::Error as u8,
-            status: f.status as u8,
-            slot: shm::NO_SLOT,
-            offset: 0,
-            len: 0,
-            sent_ns: shm::now_ns(),
-            ..*d
-        };
-        let msg = f.message.as_bytes();
-        let result = match self.pool.alloc(msg.len(), self.me, d.request_id) {
-            Ok(mut slot) => {
-                slot.as_mut_slice()[..msg.len()].copy_from_slice(msg);
-                reply.len = msg.len() as u32;
-                send_slot(&self.frontend, reply, slot)
-            }
-            Err(_) => self.frontend.send(&reply).map_err(Failure::from),
-        };
-        if result.is_err() {
-            tracing::warn!("could not report the failure of request {} to the frontend", d.request_id);
+        if let Err(e) = self.frontend.send_error(&self.pool, self.me, d, None, f.status, &f.message) {
+            tracing::warn!("could not report the failure of request {} to the frontend: {e}", d.request_id);
         }
     }
 }
 
-/// Sends `slot` with `d`, waiting briefly while the lane is full (the peer is
-/// behind); gives up after a second so a stuck peer cannot wedge this worker.
+/// Sends `slot` with `d`, waiting up to a second while the lane is full.
 fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
-    let mut slot = slot;
-    for attempt in 0..10_000 {
-        match out.send_slot(d, slot) {
-            Ok(()) => return Ok(()),
-            Err((_, back)) => slot = back,
-        }
-        if attempt == 0 {
-            tracing::debug!("lane to {:?} is full; waiting", out.to());
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    Err(Failure { status: Status::Unavailable, message: format!("the {:?} process is not keeping up", out.to()) })
+    out.send_slot_wait(d, slot, Duration::from_secs(1)).map_err(|e| Failure {
+        status: Status::Unavailable,
+        message: format!("the {:?} process is not keeping up: {e}", out.to()),
+    })
 }
 
 /// The tensor shape of one image (without the batch dimension).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::lane::{Consumer, Producer};
 use crate::wake::{self, Sleeper, WakeTarget};
-use crate::{Descriptor, ProcId, Region, ShmError, Slot};
+use crate::{Descriptor, Kind, ProcId, Region, ShmError, Slot, SlotPool, Status};
 
 /// Builds the inbox and outboxes of one process from the region and the
 /// eventfds of every process (indexed by [`ProcId`]).
@@ -128,6 +128,61 @@ impl Outbox {
         }
         self.target.notify();
         Ok(())
+    }
+
+    /// [`Outbox::send_slot`], waiting while the lane is full (the peer is
+    /// behind) for up to `patience`; after that the slot is freed and the
+    /// error returned, so a stuck peer cannot wedge the sender.
+    pub fn send_slot_wait(&self, d: Descriptor, slot: Slot, patience: Duration) -> Result<(), ShmError> {
+        let deadline = Instant::now() + patience;
+        let mut slot = slot;
+        loop {
+            match self.send_slot(d, slot) {
+                Ok(()) => return Ok(()),
+                Err((e, back)) if Instant::now() >= deadline => {
+                    drop(back);
+                    return Err(e);
+                }
+                Err((_, back)) => slot = back,
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Reports that request `d` failed: the message goes in `slot` if it is
+    /// large enough, else in a new one; with no slot free, the error is sent
+    /// bare (the receiver then only knows the status).
+    pub fn send_error(
+        &self,
+        pool: &SlotPool,
+        me: ProcId,
+        d: &Descriptor,
+        slot: Option<Slot>,
+        status: Status,
+        message: &str,
+    ) -> Result<(), ShmError> {
+        let msg = message.as_bytes();
+        let slot = match slot {
+            Some(s) if s.capacity() >= msg.len() => Some(s),
+            _ => pool.alloc(msg.len(), me, d.request_id).ok(),
+        };
+        let mut reply = Descriptor {
+            kind: Kind::Error as u8,
+            status: status as u8,
+            slot: crate::NO_SLOT,
+            offset: 0,
+            len: 0,
+            sent_ns: crate::now_ns(),
+            ..*d
+        };
+        match slot {
+            Some(mut s) => {
+                s.as_mut_slice()[..msg.len()].copy_from_slice(msg);
+                reply.len = msg.len() as u32;
+                self.send_slot_wait(reply, s, Duration::from_secs(1))
+            }
+            None => self.send(&reply),
+        }
     }
 
     /// Entries waiting in the lane (the peer's backlog from us).
