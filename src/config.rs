@@ -233,9 +233,9 @@ impl Config {
             }
         }
         let largest = self.shm.slots.iter().map(|s| s.size.0).max().unwrap_or(0);
-        if largest < self.server.max_body_bytes.0.min(16 << 20) {
+        if largest < self.server.max_body_bytes.0 + 4096 {
             bail!(
-                "the largest shm slot ({largest} bytes) is smaller than server.max_body_bytes ({}) capped at 16 MiB",
+                "the largest shm slot ({largest} bytes) must hold server.max_body_bytes ({}) plus 4096",
                 self.server.max_body_bytes.0
             );
         }
@@ -312,7 +312,8 @@ mod tests {
         let base = std::fs::read_to_string(default_path()).unwrap();
         let cases = [
             ("lane_capacity = 1024", "lane_capacity = 1000", "power of two"),
-            ("max_inflight = 512", "max_inflight = 4096", "lane never fills"),
+            ("max_inflight = 256", "max_inflight = 4096", "lane never fills"),
+            ("max_body_bytes = \"16MiB\"", "max_body_bytes = \"64MiB\"", "largest shm slot"),
             ("restart_backoff_ms = [100, 5000]", "restart_backoff_ms = [100, 50]", "restart_backoff_ms"),
             ("format = \"text\"", "format = \"xml\"", "xml"),
         ];

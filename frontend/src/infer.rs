@@ -156,7 +156,7 @@ async fn image_request(
         return Err(ApiError::BadRequest("the body is empty; send a JPEG or PNG image".into()));
     }
     let job = Job::new(state, index, None, None);
-    let mut slot = state.dispatch.pool.alloc(4 + n, ProcId::FRONTEND, job.id)?;
+    let mut slot = alloc(state, 4 + n, job.id)?;
     slot.as_mut_slice()[..4].copy_from_slice(&(n as u32).to_le_bytes());
     body::read_exact(body, &mut slot.as_mut_slice()[4..4 + n]).await?;
     finish_image(state, model, &job, slot, 4 + n).await
@@ -168,11 +168,23 @@ async fn image_bytes(state: &Arc<State>, model: &Model, index: u16, raw: &[u8]) 
         return Err(ApiError::BadRequest("the body is empty; send a JPEG or PNG image".into()));
     }
     let job = Job::new(state, index, None, None);
-    let mut slot = state.dispatch.pool.alloc(4 + raw.len(), ProcId::FRONTEND, job.id)?;
+    let mut slot = alloc(state, 4 + raw.len(), job.id)?;
     let dst = slot.as_mut_slice();
     dst[..4].copy_from_slice(&(raw.len() as u32).to_le_bytes());
     dst[4..4 + raw.len()].copy_from_slice(raw);
     finish_image(state, model, &job, slot, 4 + raw.len()).await
+}
+
+/// A slot for `len` bytes of request data: 413 if no slot class could ever
+/// hold it, 503 if all that could are busy.
+fn alloc(state: &State, len: usize, id: u64) -> Result<Slot, ApiError> {
+    let largest = state.dispatch.pool.largest();
+    if len > largest {
+        return Err(ApiError::TooLarge(format!(
+            "the request needs {len} bytes of shared memory; the largest slot holds {largest} (config: shm.slots)"
+        )));
+    }
+    Ok(state.dispatch.pool.alloc(len, ProcId::FRONTEND, id)?)
 }
 
 fn check_takes_images(model: &Model) -> Result<(), ApiError> {
@@ -215,7 +227,7 @@ async fn v2_request(
         // Encoded images: decode and preprocess first; the outputs come back raw.
         let payload = input.data.tensor_bytes(raw);
         let rows = input.shape.first().copied().unwrap_or(1).max(1) as u32;
-        let mut slot = state.dispatch.pool.alloc(payload.len(), ProcId::FRONTEND, job.id)?;
+        let mut slot = alloc(state, payload.len(), job.id)?;
         slot.as_mut_slice()[..payload.len()].copy_from_slice(payload);
         let d = job.descriptor(Kind::Images, payload.len(), rows, 0);
         job.run(state, Target::Preproc, d, slot).await?
@@ -234,7 +246,7 @@ async fn v2_request(
         }
         let rows = if model.config.max_batch_size > 0 { specs[0].dims.first().copied().unwrap_or(1) as u32 } else { 1 };
         let need = tensor::plan(0, &specs)?.0;
-        let mut slot = state.dispatch.pool.alloc(need, ProcId::FRONTEND, job.id)?;
+        let mut slot = alloc(state, need, job.id)?;
         let (table_len, ranges) = tensor::write_table(slot.as_mut_slice(), 0, &specs)?;
         for (src, range) in sources.iter().zip(ranges) {
             // The one copy of tensor bytes on this side: from the request body
