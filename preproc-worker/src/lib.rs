@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod image;
+pub mod ocr;
 pub mod preprocess;
 mod worker;
 

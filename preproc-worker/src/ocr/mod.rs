@@ -1,0 +1,1 @@
+//! OCR CPU steps (being written).
