@@ -5,8 +5,13 @@
     .cache/onnxruntime/
   - the PP-OCR models (from PyPI's rapidocr-onnxruntime wheel) into
     models/<name>/1/model.onnx, with the package's license notice
-  - with --test: a Python venv for the client tests (.cache/venv) and the test
-    images (.cache/testdata/)
+  - with --test: a Python venv for the client tests (.cache/venv), the test
+    images (.cache/testdata/) and the OCR test set (.cache/ocrset/: images and
+    manifest.json, from scripts/make_ocr_testset.py)
+  - with --ref: a second venv, .cache/venv-ref, with the OCR reference
+    (rapidocr-onnxruntime 1.4.4 and its pinned dependencies from
+    scripts/requirements-ref.txt, installed with --no-deps) for
+    scripts/ocr_reference.py, scripts/rapidocr_server.py and scripts/bench_ocr
 
 Everything is skipped when already present and intact. Only the standard
 library is used, so it runs on a fresh machine with python3 and pip.
@@ -54,6 +59,7 @@ MODELS = {
 }
 ORT_LIB = "libonnxruntime.so.1.32.0"
 TEST_REQUIREMENTS = ROOT / "scripts" / "requirements-test.txt"
+REF_REQUIREMENTS = ROOT / "scripts" / "requirements-ref.txt"
 
 
 def log(msg):
@@ -147,6 +153,16 @@ def fetch_test_env():
     return py
 
 
+def fetch_photos():
+    photos = CACHE / "photos"
+    names = ["astronaut.png", "coffee.png", "chelsea.png"]
+    if not all((photos / n).exists() for n in names):
+        wheel = download(SKIMAGE)
+        for n in names:
+            extract(wheel, f"skimage/data/{n}", photos / n)
+    return photos
+
+
 def fetch_testdata(py):
     out = CACHE / "testdata"
     stamp = out / ".done"
@@ -154,19 +170,49 @@ def fetch_testdata(py):
     key = sha256(generator)
     if stamp.exists() and stamp.read_text().strip() == key:
         return
-    wheel = download(SKIMAGE)
-    photos = CACHE / "photos"
-    for n in ["astronaut.png", "coffee.png", "chelsea.png"]:
-        extract(wheel, f"skimage/data/{n}", photos / n)
+    photos = fetch_photos()
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(py), str(generator), str(photos), str(out)], check=True)
     stamp.write_text(key + "\n")
     log(f"test images in {out.relative_to(ROOT)}")
 
 
+def fetch_ocrset(py):
+    out = CACHE / "ocrset"
+    stamp = out / ".done"
+    generator = ROOT / "scripts" / "make_ocr_testset.py"
+    key = sha256(generator)
+    if stamp.exists() and stamp.read_text().strip() == key:
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    subprocess.run([str(py), str(generator), "--photos", str(fetch_photos()), str(out)], check=True)
+    stamp.write_text(key + "\n")
+    log(f"OCR test set in {out.relative_to(ROOT)}")
+
+
+def fetch_ref_env():
+    # rapidocr-onnxruntime requires the GUI opencv-python (libGL); the file pins
+    # the whole closure with opencv-python-headless instead, so --no-deps.
+    venv = CACHE / "venv-ref"
+    py = venv / "bin" / "python"
+    stamp = venv / ".requirements"
+    wanted = REF_REQUIREMENTS.read_text()
+    if py.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return py
+    log("creating the OCR reference venv (.cache/venv-ref)")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "-r", str(REF_REQUIREMENTS)], check=True)
+    stamp.write_text(wanted)
+    return py
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--test", action="store_true", help="also the test venv and test images")
+    ap.add_argument("--test", action="store_true", help="also the test venv, test images and OCR test set")
+    ap.add_argument("--ref", action="store_true", help="also the OCR reference venv (.cache/venv-ref)")
     args = ap.parse_args()
     os.chdir(ROOT)
     fetch_ort()
@@ -174,6 +220,9 @@ def main():
     if args.test:
         py = fetch_test_env()
         fetch_testdata(py)
+        fetch_ocrset(py)
+    if args.ref:
+        fetch_ref_env()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,20 @@ fn send(stream: &UnixStream, msg: &FromChild) {
     let _ = (&*stream).write_all(&line);
 }
 
+/// A panic on any thread ends the whole process: a worker missing one thread
+/// (a backend instance, the inbox loop) would otherwise hang the requests it
+/// held while looking alive. The supervisor then restarts it.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!("panic: {info}; exiting so the supervisor restarts this process");
+        std::process::abort();
+    }));
+}
+
 pub fn main() -> anyhow::Result<()> {
+    exit_on_panic();
     die_with_parent()?;
     let control = UnixStream::from(shm::fd::adopt(env_fd(CONTROL_FD_ENV)?)?);
     let mut reader = BufReader::new(control.try_clone()?);
@@ -119,6 +132,7 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                 index,
                 onnxruntime_library: cfg.inference.onnxruntime_library.clone(),
                 intra_op_threads: cfg.inference.intra_op_threads as usize,
+                max_concurrent_batches: cfg.inference.max_concurrent_batches as usize,
                 spin,
             };
             gpu_worker::run(gcfg, shutdown, || ready(None))?;

@@ -87,6 +87,7 @@ pub struct Preproc {
 pub struct Inference {
     pub onnxruntime_library: PathBuf,
     pub intra_op_threads: u32,
+    pub max_concurrent_batches: u32,
     pub workers: u32,
 }
 

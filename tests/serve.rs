@@ -32,7 +32,7 @@ fn reference_scores(img: &[u8]) -> Vec<f32> {
     )
     .unwrap();
     gpu_worker::onnx::init_runtime(&root().join(".cache/onnxruntime/libonnxruntime.so")).unwrap();
-    let opts = gpu_worker::onnx::OnnxOptions { intra_op_threads: 1, spinning: false };
+    let opts = gpu_worker::onnx::OnnxOptions::default();
     let mut backend = gpu_worker::onnx::OnnxBackend::load(&model.file(1), &opts).unwrap();
     let shape = [1, 3, 48, 192];
     let mut scores = Vec::new();

@@ -188,7 +188,7 @@ fn alloc(state: &State, len: usize, id: u64) -> Result<Slot, ApiError> {
 }
 
 fn check_takes_images(model: &Model) -> Result<(), ApiError> {
-    if model.config.preprocess.is_none() {
+    if model.config.image_input().is_none() {
         return Err(ApiError::BadRequest(format!(
             "model `{}` has no image preprocessing; send a KServe v2 JSON or binary tensor request",
             model.name
@@ -198,8 +198,8 @@ fn check_takes_images(model: &Model) -> Result<(), ApiError> {
 }
 
 async fn finish_image(state: &Arc<State>, model: &Model, job: &Job, slot: Slot, len: usize) -> Result<Resp, ApiError> {
-    let post = model.config.postprocess.is_some();
-    let d = job.descriptor(Kind::Images, len, 1, if post { FLAG_POSTPROCESS } else { 0 });
+    let json = model.config.answers_in_json();
+    let d = job.descriptor(Kind::Images, len, 1, if json { FLAG_POSTPROCESS } else { 0 });
     let (desc, slot) = job.run(state, Target::Preproc, d, slot).await?;
     match desc.kind() {
         Some(Kind::Response) => Ok(json_response(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec())),

@@ -14,8 +14,36 @@ fn sum(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
     (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
 }
 
+/// A pipeline's time per step (CPU time for CPU steps; send-to-answer time,
+/// queueing included, for model steps), summed over the preproc workers.
+fn pipeline_steps(state: &State, index: u16, p: &model_repo::Pipeline) -> Vec<Value> {
+    let Some(stats) = shm::stats::step_stats(state.dispatch.region(), index) else { return vec![] };
+    let get = |i: usize| (ModelStats::get(&stats[i].count), ModelStats::get(&stats[i].ns));
+    let mut out: Vec<Value> = p
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (count, ns) = get(i);
+            let kind = if matches!(s, model_repo::Step::Model { .. }) { "model" } else { "cpu" };
+            json!({ "step": s.name(), "kind": kind, "count": count, "ns": ns })
+        })
+        .collect();
+    // The image decode is counted in the last slot.
+    let (count, ns) = get(shm::stats::MAX_STEPS - 1);
+    out.insert(0, json!({ "step": "decode", "kind": "cpu", "count": count, "ns": ns }));
+    out
+}
+
 fn one(state: &State, index: u16) -> Value {
     let m = &state.repository.models[index as usize];
+    if let Some(p) = &m.config.pipeline {
+        return json!({
+            "name": m.name,
+            "version": m.latest().to_string(),
+            "pipeline_steps": pipeline_steps(state, index, p),
+        });
+    }
     let get = |f: fn(&ModelStats) -> &std::sync::atomic::AtomicU64| sum(state, index, |s| ModelStats::get(f(s)));
     let success = get(|s| &s.success_count);
     let execs = get(|s| &s.execution_count);

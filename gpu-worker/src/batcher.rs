@@ -154,6 +154,12 @@ impl<T> BatchState<T> {
         self.len == 0
     }
 
+    /// The request a batch would start with (expired ones included until
+    /// `next_batch` or `take_expired` sets them aside).
+    pub fn head(&self) -> Option<&Pending<T>> {
+        self.levels.values().find_map(|q| q.front())
+    }
+
     /// Decides the next batch; see the module docs for the rules. Call it when
     /// a backend instance is free, then call `take_expired` to answer the
     /// requests that ran out of time.

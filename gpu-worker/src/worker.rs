@@ -31,6 +31,9 @@ pub struct Config {
     pub onnxruntime_library: PathBuf,
     /// Default ONNX Runtime intra-op threads (a model's config may override it).
     pub intra_op_threads: usize,
+    /// Most batches computing at once across all models (0: as many as the
+    /// machine has cores, divided by `intra_op_threads`).
+    pub max_concurrent_batches: usize,
     pub spin: Duration,
 }
 
@@ -103,11 +106,32 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
     let mut models = Vec::new();
     for (mi, model) in cfg.repository.models.iter().enumerate() {
-        models.push(load_model(&cfg, mi, model, &replies, &done_tx)?);
+        models.push(if model.is_pipeline() {
+            // Pipelines run in the preproc pool; their model steps come here
+            // as requests for the models they name.
+            ModelRt {
+                state: BatchState::new(),
+                limits: Limits::from_config(&model.config),
+                idle: vec![],
+                instances: vec![],
+            }
+        } else {
+            load_model(&cfg, mi, model, &replies, &done_tx)?
+        });
     }
     let mut inbox = cfg.wiring.inbox();
-    tracing::info!("inference worker up: {} models loaded", models.len());
+    let loaded = cfg.repository.models.iter().filter(|m| !m.is_pipeline()).count();
+    tracing::info!("inference worker up: {loaded} models loaded");
     on_ready();
+    let budget = match cfg.max_concurrent_batches {
+        0 => {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            (cores / cfg.intra_op_threads.max(1)).max(1)
+        }
+        n => n,
+    };
+    tracing::info!("at most {budget} batches compute at once");
+    let mut running = 0usize;
     let mut next_wake: Option<u64> = None;
     while !shutdown.load(Ordering::Acquire) {
         let now = shm::now_ns();
@@ -124,8 +148,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         }
         while let Ok((m, k)) = done_rx.try_recv() {
             models[m].idle.push(k);
+            running = running.saturating_sub(1);
         }
-        next_wake = schedule(&replies, &mut models, shm::now_ns());
+        next_wake = schedule(&replies, &mut models, shm::now_ns(), &mut running, budget);
     }
     tracing::info!("inference worker stopping");
     Ok(())
@@ -144,17 +169,9 @@ fn load_model(
     };
     let file = model.file(model.latest());
     let err = |source| WorkerError::Backend { model: model.name.clone(), source };
+    use crate::backend::Backend as _;
     let mut instances = Vec::new();
     for k in 0..model.config.instances as usize {
-        let started = std::time::Instant::now();
-        let backend = OnnxBackend::load(&file, &opts).map_err(err)?;
-        backend::check_config(&backend, &model.config).map_err(err)?;
-        tracing::info!(
-            "loaded {} instance {k} in {:?}: {}",
-            model.name,
-            started.elapsed(),
-            crate::backend::Backend::describe(&backend)
-        );
         let (tx, rx) = mpsc::channel();
         let inst = Instance {
             name: model.name.clone(),
@@ -166,10 +183,34 @@ fn load_model(
             done: done.clone(),
             waker: cfg.wiring.self_waker(),
         };
+        // The backend is created on the thread that will run it for its life
+        // (STYLE.md): ONNX Runtime applies some per-thread settings to the
+        // thread that creates a session, and a CUDA context belongs to one
+        // thread too.
+        let (loaded_tx, loaded_rx) = mpsc::channel();
+        let (file, opts, config) = (file.clone(), opts.clone(), model.config.clone());
         std::thread::Builder::new()
             .name(format!("{}-{k}", model.name))
-            .spawn(move || instance::run(inst, Box::new(backend), rx))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let backend =
+                    OnnxBackend::load(&file, &opts).and_then(|b| backend::check_config(&b, &config).map(|()| b));
+                match backend {
+                    Ok(b) => {
+                        let _ = loaded_tx.send(Ok((started.elapsed(), b.describe())));
+                        instance::run(inst, Box::new(b), rx);
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(WorkerError::Thread)?;
+        let (took, description) = loaded_rx
+            .recv()
+            .map_err(|_| err(BackendError::Run("the backend thread died while loading".into())))?
+            .map_err(err)?;
+        tracing::info!("loaded {} instance {k} in {took:?}: {description}", model.name);
         instances.push(tx);
     }
     Ok(ModelRt {
@@ -194,8 +235,8 @@ fn accept(repo: &Repository, replies: &Replies, models: &mut [ModelRt], from: Pr
         Ok(s) => s,
         Err(e) => return replies.fail(&d, None, Status::Internal, &e.to_string()),
     };
-    let Some(model) = repo.models.get(d.model as usize) else {
-        return replies.fail(&d, Some(slot), Status::Internal, &format!("no model #{}", d.model));
+    let Some(model) = repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
+        return replies.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
     };
     let checked = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
         .map_err(|e| e.to_string())
@@ -248,33 +289,47 @@ fn check_inputs(model: &Model, metas: &[TensorMeta]) -> Result<(u32, u64), Strin
     Ok((rows.unwrap_or(1), key.finish()))
 }
 
-/// Fails expired requests and hands batches to idle instances; returns when
-/// the scheduler must look again even if nothing arrives.
-fn schedule(replies: &Replies, models: &mut [ModelRt], now: u64) -> Option<u64> {
+/// Fails expired requests and hands batches to idle instances, at most
+/// `budget` computing at once; returns when the scheduler must look again even
+/// if nothing arrives.
+///
+/// Backends that outnumber the cores only slow each other down (on the
+/// 2-core reference VM, OCR used ~12% more CPU per image with four model
+/// threads than with two), so a budget caps them. When several models have
+/// work, the one whose next request has the earliest deadline goes first: a
+/// pipeline's later steps (whose requests started earlier) finish before new
+/// requests start, which keeps latency and memory down.
+fn schedule(replies: &Replies, models: &mut [ModelRt], now: u64, running: &mut usize, budget: usize) -> Option<u64> {
     let mut wake: Option<u64> = None;
-    for m in models.iter_mut() {
-        while let Some(&k) = m.idle.last() {
-            match m.state.next_batch(&m.limits, now) {
-                Next::Run(batch) => {
-                    m.idle.pop();
-                    if let Err(mpsc::SendError(batch)) = m.instances[k].send(batch) {
-                        for p in batch {
-                            replies.fail(
-                                &p.item.desc,
-                                Some(p.item.slot),
-                                Status::Backend,
-                                "the model instance stopped",
-                            );
-                        }
+    let mut passed = vec![false; models.len()];
+    while *running < budget {
+        let urgency =
+            |m: &ModelRt| m.state.head().map(|p| if p.deadline_ns != 0 { p.deadline_ns } else { p.arrived_ns });
+        let next = (0..models.len())
+            .filter(|&i| !passed[i] && !models[i].idle.is_empty())
+            .filter_map(|i| urgency(&models[i]).map(|u| (u, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        let m = &mut models[i];
+        match m.state.next_batch(&m.limits, now) {
+            Next::Run(batch) => {
+                let k = m.idle.pop().expect("filtered on an idle instance; this is a bug");
+                *running += 1;
+                if let Err(mpsc::SendError(batch)) = m.instances[k].send(batch) {
+                    *running -= 1;
+                    for p in batch {
+                        replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, "the model instance stopped");
                     }
                 }
-                Next::WaitUntil(t) => {
-                    wake = Some(wake.map_or(t, |w| w.min(t)));
-                    break;
-                }
-                Next::Idle => break,
             }
+            Next::WaitUntil(t) => {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+                passed[i] = true;
+            }
+            Next::Idle => passed[i] = true,
         }
+    }
+    for m in models.iter_mut() {
         // After next_batch: it sets aside requests it found expired.
         for p in m.state.take_expired(now) {
             let msg = "the request timed out before it could be computed (parameter `timeout` or the server default)";

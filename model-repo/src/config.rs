@@ -61,6 +61,10 @@ pub struct ModelConfig {
     /// How the output becomes the answer to an image request.
     #[serde(default)]
     pub postprocess: Option<Postprocess>,
+    /// Makes this a pipeline model: CPU and model steps instead of a model
+    /// file (no version directory needed).
+    #[serde(default)]
+    pub pipeline: Option<crate::Pipeline>,
 }
 
 fn default_backend() -> String {
@@ -213,13 +217,28 @@ impl ModelConfig {
         self.outputs.iter().enumerate().find(|(_, t)| t.name == name)
     }
 
-    /// The input an image becomes, if the model takes images.
+    /// The input an image becomes, if the model takes images: the
+    /// preprocessed input, or a pipeline's (BYTES) input.
     pub fn image_input(&self) -> Option<(usize, &TensorConfig)> {
+        if self.pipeline.is_some() {
+            return self.inputs.first().map(|t| (0, t));
+        }
         let p = self.preprocess.as_ref()?;
         match &p.input {
             Some(n) => self.input(n),
             None => self.inputs.first().map(|t| (0, t)),
         }
+    }
+
+    /// Whether an image request gets a JSON answer made on the CPU (labels,
+    /// text lines) rather than the output tensors.
+    pub fn answers_in_json(&self) -> bool {
+        self.postprocess.is_some() || self.pipeline.is_some()
+    }
+
+    /// Triton's `platform` name for metadata.
+    pub fn platform(&self) -> &'static str {
+        if self.pipeline.is_some() { "pipeline" } else { "onnxruntime_onnx" }
     }
 
     /// The output classification reads.
@@ -247,6 +266,9 @@ impl ModelConfig {
             && n != dir_name
         {
             return bad(format!("config says name = \"{n}\" but the directory is `{dir_name}`; they must match"));
+        }
+        if let Some(p) = &self.pipeline {
+            return self.validate_pipeline(p).or_else(bad);
         }
         if self.backend != "onnxruntime" {
             return bad(format!("backend `{}` is not available; accepted: onnxruntime", self.backend));
@@ -303,6 +325,20 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_pipeline(&self, p: &crate::Pipeline) -> Result<(), String> {
+        if self.preprocess.is_some() || self.postprocess.is_some() || self.dynamic_batching.is_some() {
+            return Err("a pipeline has no [preprocess], [postprocess] or [dynamic_batching]: its steps do that".into());
+        }
+        if self.max_batch_size != 0 {
+            return Err("a pipeline takes one image per request: max_batch_size must be 0".into());
+        }
+        let one_bytes = self.inputs.len() == 1 && self.inputs[0].datatype == DType::Bytes && self.inputs[0].dims == [1];
+        if !one_bytes {
+            return Err("a pipeline has exactly one input: an encoded image, datatype BYTES, dims [1]".into());
+        }
+        p.validate()
     }
 
     fn validate_preprocess(&self, p: &Preprocess) -> Result<(), String> {

@@ -11,12 +11,15 @@
 
 mod config;
 mod load;
+pub mod onnx_meta;
+mod pipeline;
 
 pub use config::{
     ChannelOrder, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Preprocess, ResizeMode,
     TensorConfig,
 };
 pub use load::{Model, Repository};
+pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};
 pub use shm::tensor::DType;
 
 /// Everything that can be wrong with a repository or a model's config.

@@ -27,6 +27,10 @@ impl Model {
     pub fn file(&self, version: u64) -> PathBuf {
         self.dir.join(version.to_string()).join(MODEL_FILE)
     }
+
+    pub fn is_pipeline(&self) -> bool {
+        self.config.pipeline.is_some()
+    }
 }
 
 /// All models, sorted by name; a model's index in `models` is its id in
@@ -59,23 +63,37 @@ impl Repository {
             }
         }
         dirs.sort();
-        let mut models = Vec::new();
-        for dir in dirs {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if only.is_some_and(|o| !o.contains(&name)) {
+        let name_of = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let available: Vec<String> = dirs.iter().map(name_of).collect();
+        // Wanted models, plus the models the wanted pipelines run.
+        let mut wanted: Vec<String> = match only {
+            Some(o) => o.to_vec(),
+            None => available.clone(),
+        };
+        let mut models: Vec<Model> = Vec::new();
+        while let Some(name) = wanted.pop() {
+            if models.iter().any(|m| m.name == name) {
                 continue;
             }
-            models.push(Model::load(&dir, &name)?);
-        }
-        if let Some(only) = only {
-            let available: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-            if let Some(missing) = only.iter().find(|n| !available.contains(&n.as_str())) {
+            let Some(dir) = dirs.iter().find(|d| name_of(d) == name) else {
                 return Err(RepoError::Repository(format!(
-                    "model `{missing}` is not in {} (it has a directory with config.toml for each model)",
-                    root.display()
+                    "model `{name}` is not in {} (it has a directory with config.toml for each model; found: {})",
+                    root.display(),
+                    available.join(", ")
                 )));
+            };
+            let model = Model::load(dir, &name)?;
+            if let Some(p) = &model.config.pipeline {
+                wanted.extend(p.models().iter().map(|m| m.to_string()));
+                wanted.extend(p.steps.iter().filter_map(|s| match s {
+                    crate::Step::OcrDecode(d) => Some(d.charset_model.clone()),
+                    _ => None,
+                }));
             }
+            models.push(model);
         }
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        check_pipelines(&models)?;
         if models.is_empty() {
             return Err(RepoError::Repository(format!(
                 "no models in {}: each model needs <name>/config.toml and <name>/<version>/{MODEL_FILE}",
@@ -96,6 +114,36 @@ impl Repository {
     pub fn names(&self) -> Vec<&str> {
         self.models.iter().map(|m| m.name.as_str()).collect()
     }
+}
+
+/// A pipeline may only run models that are loaded and are not pipelines.
+fn check_pipelines(models: &[Model]) -> Result<(), RepoError> {
+    for m in models {
+        let Some(p) = &m.config.pipeline else { continue };
+        let mut refs: Vec<&str> = p.models();
+        refs.extend(p.steps.iter().filter_map(|s| match s {
+            crate::Step::OcrDecode(d) => Some(d.charset_model.as_str()),
+            _ => None,
+        }));
+        for r in refs {
+            match models.iter().find(|x| x.name == r) {
+                None => {
+                    return Err(RepoError::Invalid {
+                        model: m.name.clone(),
+                        message: format!("pipeline step names model `{r}`, which is not in the repository"),
+                    });
+                }
+                Some(x) if x.is_pipeline() => {
+                    return Err(RepoError::Invalid {
+                        model: m.name.clone(),
+                        message: format!("pipeline step names `{r}`, which is itself a pipeline"),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Model {
@@ -123,6 +171,10 @@ impl Model {
             }
         }
         versions.sort_unstable();
+        if config.pipeline.is_some() {
+            // A pipeline has no file of its own: it is version 1 of itself.
+            versions = vec![1];
+        }
         if versions.is_empty() {
             return Err(RepoError::Invalid {
                 model: name.into(),
@@ -221,6 +273,46 @@ labels = ["0", "180"]
             let tmp = tempfile::tempdir().unwrap();
             write_model(tmp.path(), "m", &text, &[1]);
             let err = Repository::load(tmp.path(), None).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_repository_loads_and_pipelines_bring_their_models() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let repo =
+            Repository::load(&root, Some(&["ocr".to_string()])).unwrap_or_else(|e| panic!("{e}; run ./scripts/fetch"));
+        assert_eq!(repo.names(), vec!["ocr", "ppocr_cls", "ppocr_det", "ppocr_rec"]);
+        let (_, ocr) = repo.get("ocr").unwrap();
+        assert!(ocr.is_pipeline());
+        assert_eq!(ocr.latest(), 1);
+        assert_eq!(ocr.config.pipeline.as_ref().unwrap().models(), vec!["ppocr_det", "ppocr_cls", "ppocr_rec"]);
+        assert_eq!(ocr.config.image_input().unwrap().1.name, "image");
+    }
+
+    #[test]
+    fn pipelines_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pipe = |steps: &str| {
+            format!(
+                "max_batch_size = 0\n[[input]]\nname = \"image\"\ndatatype = \"BYTES\"\ndims = [1]\n\
+                 [[output]]\nname = \"text\"\ndatatype = \"BYTES\"\ndims = [-1]\n{steps}"
+            )
+        };
+        let cases = [
+            ("[[pipeline.step]]\nstep = \"model\"\nmodel = \"m\"\n", "first step"),
+            (
+                "[[pipeline.step]]\nstep = \"ocr_det_preprocess\"\n[[pipeline.step]]\nstep = \"model\"\nmodel = \"nope\"\n[[pipeline.step]]\nstep = \"ocr_decode\"\ncharset_model = \"m\"\n",
+                "`nope`",
+            ),
+            ("[[pipeline.step]]\nstep = \"ocr_det_preprocess\"\nlimit_sid_len = 3\n", "limit_sid_len"),
+            ("[[pipeline.step]]\nstep = \"ocr_magic\"\n", "ocr_magic"),
+        ];
+        for (steps, needle) in cases {
+            let root = tmp.path().join(needle.replace(['`', ' '], ""));
+            write_model(&root, "m", CLS, &[1]);
+            write_model(&root, "p", &pipe(steps), &[]);
+            let err = Repository::load(&root, None).unwrap_err().to_string();
             assert!(err.contains(needle), "expected `{needle}` in: {err}");
         }
     }

@@ -7,6 +7,7 @@
 pub mod classify;
 pub mod image;
 pub mod ocr;
+mod pipeline;
 pub mod preprocess;
 mod worker;
 

@@ -16,6 +16,7 @@ use shm::{Descriptor, Inbox, Kind, Outbox, ProcId, ShmError, Slot, SlotPool, Sta
 
 use crate::classify;
 use crate::image::{self, DecodeLimits};
+use crate::pipeline;
 use crate::preprocess::{self, Scratch};
 
 /// What the preproc worker needs to run.
@@ -35,20 +36,22 @@ pub enum WorkerError {
     Shm(#[from] ShmError),
     #[error("the topology has no lane from {from:?} to {to:?}; this is a bug")]
     NoLane { from: ProcId, to: ProcId },
+    #[error("pipeline set-up: {0}")]
+    Pipeline(String),
 }
 
 /// Why one request failed: its status class and a message for the client.
-struct Failure {
-    status: Status,
-    message: String,
+pub(crate) struct Failure {
+    pub status: Status,
+    pub message: String,
 }
 
 impl Failure {
-    fn input(message: impl Into<String>) -> Failure {
+    pub fn input(message: impl Into<String>) -> Failure {
         Failure { status: Status::InvalidInput, message: message.into() }
     }
 
-    fn internal(message: impl Into<String>) -> Failure {
+    pub fn internal(message: impl Into<String>) -> Failure {
         Failure { status: Status::Internal, message: message.into() }
     }
 }
@@ -74,6 +77,7 @@ struct Worker {
     dct_scaling: bool,
     scratch: Scratch,
     decoded: Vec<u8>,
+    decoder: pipeline::Decoder,
 }
 
 /// Runs until `shutdown` is set (the caller also wakes the inbox).
@@ -92,13 +96,25 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         dct_scaling: cfg.dct_scaling,
         scratch: Scratch::default(),
         decoded: Vec::new(),
+        decoder: pipeline::Decoder { limits: cfg.limits },
     };
+    let mut engine = pipeline::Engine::new(&worker.repository).map_err(WorkerError::Pipeline)?;
     let mut inbox: Inbox = cfg.wiring.inbox();
     tracing::info!("preproc worker up ({} models)", worker.repository.models.len());
     on_ready();
+    let mut next_sweep = shm::now_ns();
     while !shutdown.load(Ordering::Acquire) {
-        if let Some((from, d)) = inbox.recv(Some(Duration::from_millis(500)), cfg.spin) {
-            worker.handle(from, d);
+        // Wake up now and then while pipeline requests wait, to time them out.
+        let wait = if engine.active() > 0 { Duration::from_millis(50) } else { Duration::from_millis(500) };
+        if let Some((from, d)) = inbox.recv(Some(wait), cfg.spin) {
+            worker.handle(from, d, &mut engine);
+        }
+        let now = shm::now_ns();
+        if now >= next_sweep {
+            next_sweep = now + 20_000_000;
+            for d in engine.expire(now) {
+                worker.fail(&d, pipeline::timeout_failure());
+            }
         }
     }
     tracing::info!("preproc worker stopping");
@@ -106,10 +122,16 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
 }
 
 impl Worker {
-    fn handle(&mut self, from: ProcId, d: Descriptor) {
+    fn io(&self, gpu: usize) -> pipeline::Io<'_> {
+        pipeline::Io { me: self.me, pool: &self.pool, frontend: &self.frontend, gpu: &self.gpus[gpu] }
+    }
+
+    fn handle(&mut self, from: ProcId, d: Descriptor, engine: &mut pipeline::Engine) {
         let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
         let result = match d.kind() {
+            Some(Kind::Images) if engine.is_pipeline(d.model) => self.start_pipeline(from, &d, engine),
             Some(Kind::Images) => self.on_images(from, &d),
+            Some(Kind::Outputs) if engine.owns(d.request_id) => engine.on_outputs(&self.io(self.pick_gpu()), from, &d),
             Some(Kind::Outputs) => self.on_outputs(from, &d),
             other => {
                 // A buggy peer; free the slot if it really is ours and move on.
@@ -124,6 +146,14 @@ impl Worker {
             tracing::debug!("request failed: {}", f.message);
             self.fail(&d, f);
         }
+    }
+
+    /// Encoded image from the frontend → the first steps of its pipeline.
+    fn start_pipeline(&mut self, from: ProcId, d: &Descriptor, engine: &mut pipeline::Engine) -> Result<(), Failure> {
+        let input = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let images = split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
+        let io = self.io(self.pick_gpu());
+        engine.start(&io, d, images[0], &self.decoder)
     }
 
     fn model(&self, index: u16) -> Result<&Model, Failure> {
@@ -229,7 +259,7 @@ impl Worker {
 }
 
 /// Sends `slot` with `d`, waiting up to a second while the lane is full.
-fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
+pub(crate) fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
     out.send_slot_wait(d, slot, Duration::from_secs(1)).map_err(|e| Failure {
         status: Status::Unavailable,
         message: format!("the {:?} process is not keeping up: {e}", out.to()),

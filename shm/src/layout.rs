@@ -152,6 +152,7 @@ pub struct Layout {
     lane_index: Vec<u32>,
     pub lanes: usize,
     pub stats_offset: usize,
+    pub step_stats_offset: usize,
     pub slot_meta_offset: usize,
     /// Per class: (first global slot index, data offset of its first slot).
     pub class_starts: Vec<(u32, usize)>,
@@ -192,7 +193,9 @@ impl Layout {
         }
         let stats_offset = align_up(lanes_offset + lanes * lane_stride, 64);
         let stats_len = p.gpus as usize * p.models as usize * crate::stats::MODEL_STATS_LEN;
-        let slot_meta_offset = align_up(stats_offset + stats_len, 64);
+        let step_stats_offset = align_up(stats_offset + stats_len, 64);
+        let step_stats_len = p.models as usize * crate::stats::STEP_STATS_LEN;
+        let slot_meta_offset = align_up(step_stats_offset + step_stats_len, 64);
         let mut total_slots: u64 = 0;
         for i in 0..p.classes as usize {
             let size = p.class_sizes[i] as usize;
@@ -231,6 +234,7 @@ impl Layout {
             lane_index,
             lanes,
             stats_offset,
+            step_stats_offset,
             slot_meta_offset,
             class_starts,
             total_slots: total_slots as u32,

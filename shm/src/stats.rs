@@ -56,6 +56,39 @@ impl ModelStats {
     }
 }
 
+/// Most pipeline steps whose time is counted per model.
+pub const MAX_STEPS: usize = 16;
+
+/// Time spent in one pipeline step, summed over every preproc worker: CPU
+/// time for CPU steps, wall time from sending to the last output arriving
+/// for model steps (queueing included).
+#[repr(C)]
+pub struct StepStats {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+pub const STEP_STATS_LEN: usize = std::mem::size_of::<StepStats>() * MAX_STEPS;
+
+impl StepStats {
+    pub fn record(&self, ns: u64) {
+        // Relaxed: independent counters read only for reporting.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The step counters of pipeline `model` (one per step index).
+pub fn step_stats(region: &Region, model: u16) -> Option<&[StepStats]> {
+    if model as u32 >= region.layout().params.models {
+        return None;
+    }
+    let ptr = region.ptr_at(region.layout().step_stats_offset + model as usize * STEP_STATS_LEN, STEP_STATS_LEN);
+    // SAFETY: in bounds (checked by ptr_at), 8-byte aligned by the layout, made
+    // only of atomics (valid when zeroed), and borrowed no longer than `region`.
+    Some(unsafe { std::slice::from_raw_parts(ptr as *const StepStats, MAX_STEPS) })
+}
+
 /// The counters of `model` on inference worker `gpu`.
 pub fn model_stats(region: &Region, gpu: u16, model: u16) -> Option<&ModelStats> {
     let p = &region.layout().params;

@@ -31,7 +31,7 @@ pub fn model_metadata(model: &Model) -> Vec<u8> {
     let meta = json!({
         "name": model.name,
         "versions": versions,
-        "platform": "onnxruntime_onnx",
+        "platform": model.config.platform(),
         "inputs": tensors(&model.config.inputs),
         "outputs": tensors(&model.config.outputs),
     });

@@ -77,7 +77,9 @@ fn check_input(model: &Model, input: &InputTensor, declared: &TensorConfig) -> R
     let config = &model.config;
     let max_batch = config.max_batch_size as usize;
     let is_image = config.image_input().is_some_and(|(_, t)| t.name == input.name);
-    if is_image && input.datatype == DType::Bytes {
+    // A preprocessed image input also takes a batch of encoded images; a
+    // pipeline's input is declared BYTES and checked as declared below.
+    if is_image && input.datatype == DType::Bytes && declared.datatype != DType::Bytes {
         // One encoded image per batch row.
         let n = match input.shape[..] {
             [n] | [n, 1] => usize::try_from(n).unwrap_or(0),
