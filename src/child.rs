@@ -118,7 +118,10 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                 addr: format!("{}:{}", cfg.server.host, cfg.server.port),
                 max_body_bytes: cfg.server.max_body_bytes.0,
                 max_inflight: cfg.server.max_inflight as usize,
+                max_inflight_bytes: cfg.server.max_inflight_bytes.0,
                 request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
+                header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),
+                body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
                 threads: cfg.server.threads as usize,
                 spin,
             };

@@ -61,7 +61,10 @@ pub struct Server {
     pub port: u16,
     pub max_body_bytes: ByteSize,
     pub max_inflight: u32,
+    pub max_inflight_bytes: ByteSize,
     pub request_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
     pub threads: u32,
 }
 
@@ -204,6 +207,22 @@ impl Config {
         }
         if self.server.max_body_bytes.0 == 0 {
             bail!("server.max_body_bytes must be positive");
+        }
+        if self.server.max_inflight_bytes.0 < self.server.max_body_bytes.0 {
+            bail!(
+                "server.max_inflight_bytes ({}) must be at least server.max_body_bytes ({}), or no large request is ever admitted",
+                self.server.max_inflight_bytes.0,
+                self.server.max_body_bytes.0
+            );
+        }
+        for (key, v) in [
+            ("request_timeout_ms", self.server.request_timeout_ms),
+            ("header_timeout_ms", self.server.header_timeout_ms),
+            ("body_timeout_ms", self.server.body_timeout_ms),
+        ] {
+            if v == 0 {
+                bail!("server.{key} must be positive");
+            }
         }
         if self.inference.workers == 0 || self.inference.workers > 64 {
             bail!("inference.workers = {}; 1 to 64 are accepted", self.inference.workers);

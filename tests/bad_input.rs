@@ -28,6 +28,15 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
+/// A real JPEG whose frame header (SOF0 or SOF2) is patched to declare w x h.
+fn jpeg_declaring(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut j = jpeg.to_vec();
+    let sof = j.windows(2).position(|m| m == [0xFF, 0xC0] || m == [0xFF, 0xC2]).expect("a JPEG has a frame header");
+    j[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    j[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    j
+}
+
 fn crc32(data: &[u8]) -> u32 {
     let mut c = 0xFFFF_FFFFu32;
     for &b in data {
@@ -69,6 +78,23 @@ fn bad_inputs_get_clear_errors_and_serving_goes_on() {
             400,
             &["shape"],
         ),
+        (
+            "a BYTES tensor that is not an image",
+            {
+                let junk = b"hello, not an image";
+                let header = format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+                    junk.len() + 4
+                );
+                let mut body = header.clone().into_bytes();
+                body.extend_from_slice(&(junk.len() as u32).to_le_bytes());
+                body.extend_from_slice(junk);
+                d.post(CLS, &[("Inference-Header-Content-Length", &header.len().to_string())], &body)
+            },
+            400,
+            &["JPEG", "PNG"],
+        ),
+        ("huge declared JPEG", d.post(CLS, &jpeg_ct, &jpeg_declaring(&jpeg, 60_000, 60_000)), 400, &["60000x60000"]),
         (
             "model without image preprocessing",
             d.post("/v2/models/ppocr_det/infer", &jpeg_ct, &jpeg),

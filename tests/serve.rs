@@ -176,27 +176,3 @@ fn children_die_with_a_killed_supervisor() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-
-#[test]
-fn a_killed_preproc_worker_is_replaced() {
-    let d = Daemon::start(&[]);
-    let img = testdata("text_3_0.jpg");
-    let before = d.children();
-    // The preproc workers start after the inference worker and before the frontend.
-    let victim = before[1];
-    signal(victim, "KILL");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = d.children();
-        if now.len() == 4 && !now.contains(&victim) && d.get("/v2/health/ready").status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no replacement for {victim}: {now:?}\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for _ in 0..10 {
-        let r = d.post(CLS, &[("Content-Type", "image/jpeg")], &img);
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    assert!(d.log().contains("preproc"), "the crash is logged:\n{}", d.log());
-}

@@ -55,25 +55,31 @@ pub enum Target {
     Gpu,
 }
 
-/// The pending result of one request; dropping it abandons the request.
+/// The pending result of one request. Dropping it before the answer came
+/// (the client disconnected, or the wait timed out) cancels the request.
 pub struct Ticket {
     dispatch: Arc<Dispatch>,
     id: u64,
     rx: Option<oneshot::Receiver<Completion>>,
+    answered: bool,
 }
 
 impl Ticket {
     pub async fn wait(mut self) -> Completion {
         let rx = self.rx.take().expect("a ticket is awaited once; this is a bug");
-        rx.await.unwrap_or_else(|_| {
+        let completion = rx.await.unwrap_or_else(|_| {
             Completion::Failed(ApiError::Internal("the request was dropped without an answer".into()))
-        })
+        });
+        self.answered = true;
+        completion
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.dispatch.forget(self.id);
+        if self.dispatch.take(self.id).is_some() && !self.answered {
+            self.dispatch.cancel(self.id);
+        }
     }
 }
 
@@ -134,7 +140,7 @@ impl Dispatch {
         if let Some(i) = preproc {
             self.outstanding[i].fetch_add(1, Ordering::Relaxed);
         }
-        let ticket = Ticket { dispatch: self.clone(), id: d.request_id, rx: Some(rx) };
+        let ticket = Ticket { dispatch: self.clone(), id: d.request_id, rx: Some(rx), answered: false };
         match outbox.send_slot(d, slot) {
             Ok(()) => Ok(ticket),
             // Dropping the ticket unregisters the request; the slot comes back
@@ -151,8 +157,14 @@ impl Dispatch {
         entry
     }
 
-    fn forget(&self, id: u64) {
-        self.take(id);
+    /// Tells every worker to drop request `id` if it still holds it uncomputed
+    /// (best effort: a full lane just means that worker finds out later, when
+    /// the answer is discarded here).
+    fn cancel(&self, id: u64) {
+        let d = Descriptor { request_id: id, kind: Kind::Cancel as u8, slot: shm::NO_SLOT, ..Default::default() };
+        for o in self.preprocs.iter().chain(&self.gpus) {
+            let _ = o.send(&d);
+        }
     }
 
     /// Fails requests that were lost with a crashed worker.
@@ -167,7 +179,7 @@ impl Dispatch {
     /// Completes the request a descriptor from `from` answers.
     fn complete(&self, from: ProcId, d: Descriptor) {
         let slot = if d.has_slot() {
-            match self.pool.adopt(from, ProcId::FRONTEND, d.slot, d.offset, d.len) {
+            match self.pool.adopt(from, ProcId::FRONTEND, &d) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(request_id = d.request_id, "bad descriptor from {from:?}: {e}");

@@ -14,6 +14,8 @@ pub enum ApiError {
     NotFound(String),
     /// Known route, wrong method: 405.
     MethodNotAllowed(String),
+    /// The body came too slowly: 408.
+    SlowClient(String),
     /// Body over the configured limit: 413.
     TooLarge(String),
     /// A Content-Type the endpoint does not take: 415.
@@ -34,6 +36,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
+            | ApiError::SlowClient(m)
             | ApiError::TooLarge(m)
             | ApiError::UnsupportedMediaType(m)
             | ApiError::TooManyRequests(m)

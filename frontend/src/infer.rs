@@ -13,6 +13,7 @@ use shm::desc::FLAG_POSTPROCESS;
 use shm::tensor::{self, DType, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Slot};
 
+use crate::admission::Permit;
 use crate::body;
 use crate::dispatch::{Completion, Target};
 use crate::error::ApiError;
@@ -30,6 +31,17 @@ fn json_response(body: Vec<u8>) -> Resp {
     r
 }
 
+/// Reading a body, bounded in time: a client that sends one byte a second
+/// must not hold its admission and buffers for ever.
+async fn timed<T>(state: &State, read: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    tokio::time::timeout(state.body_timeout, read).await.unwrap_or_else(|_| {
+        Err(ApiError::SlowClient(format!(
+            "the body did not arrive within {:?} (server.body_timeout_ms)",
+            state.body_timeout
+        )))
+    })
+}
+
 fn is_image(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
 }
@@ -44,8 +56,12 @@ struct Job {
 }
 
 impl Job {
-    fn new(state: &State, model: u16, timeout_us: Option<u64>, priority: Option<u64>) -> Job {
-        let timeout = timeout_us.map(Duration::from_micros).unwrap_or(state.request_timeout);
+    fn new(state: &State, config: &Model, model: u16, timeout_us: Option<u64>, priority: Option<u64>) -> Job {
+        // The request's `timeout`, else the model's default, else the server's.
+        let timeout = timeout_us
+            .or(config.config.default_timeout_microseconds)
+            .map(Duration::from_micros)
+            .unwrap_or(state.request_timeout);
         Job {
             id: state.dispatch.new_id(),
             model,
@@ -100,15 +116,14 @@ pub async fn infer(
     index: u16,
     req: hyper::Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let _permit = state.admission.clone().try_acquire_owned().map_err(|_| {
-        ApiError::TooManyRequests(format!(
-            "{} requests are in flight, the configured limit (server.max_inflight); retry later",
-            state.max_inflight
-        ))
-    })?;
+    let mut permit = state.admission.admit(index, &model.name)?;
     let (parts, mut body) = req.into_parts();
     let limit = state.max_body_bytes;
     let len = body::content_length(&parts.headers, limit)?;
+    if let Some(n) = len {
+        // Refused before a byte of the body is read.
+        state.admission.reserve(&mut permit, n)?;
+    }
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -127,9 +142,12 @@ pub async fn infer(
                 "Content-Type {ctype} is not supported; send image/jpeg or image/png"
             )));
         }
-        return image_request(state, model, index, &mut body, len).await;
+        return image_request(state, model, index, &mut body, len, &mut permit).await;
     }
-    let raw = body::read_all(&mut body, limit, len).await?;
+    let raw = timed(state, body::read_all(&mut body, limit, len)).await?;
+    if len.is_none() {
+        state.admission.reserve(&mut permit, raw.len())?;
+    }
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let raw = body::decode(encoding, raw, limit)?;
     if header_len.is_none() && is_image(&raw) {
@@ -146,19 +164,21 @@ async fn image_request(
     index: u16,
     body: &mut Incoming,
     len: Option<usize>,
+    permit: &mut Permit,
 ) -> Result<Resp, ApiError> {
     let Some(n) = len else {
-        let raw = body::read_all(body, state.max_body_bytes, None).await?;
+        let raw = timed(state, body::read_all(body, state.max_body_bytes, None)).await?;
+        state.admission.reserve(permit, raw.len())?;
         return image_bytes(state, model, index, &raw).await;
     };
     check_takes_images(model)?;
     if n == 0 {
         return Err(ApiError::BadRequest("the body is empty; send a JPEG or PNG image".into()));
     }
-    let job = Job::new(state, index, None, None);
+    let job = Job::new(state, model, index, None, None);
     let mut slot = alloc(state, 4 + n, job.id)?;
     slot.as_mut_slice()[..4].copy_from_slice(&(n as u32).to_le_bytes());
-    body::read_exact(body, &mut slot.as_mut_slice()[4..4 + n]).await?;
+    timed(state, body::read_exact(body, &mut slot.as_mut_slice()[4..4 + n])).await?;
     finish_image(state, model, &job, slot, 4 + n).await
 }
 
@@ -167,7 +187,7 @@ async fn image_bytes(state: &Arc<State>, model: &Model, index: u16, raw: &[u8]) 
     if raw.is_empty() {
         return Err(ApiError::BadRequest("the body is empty; send a JPEG or PNG image".into()));
     }
-    let job = Job::new(state, index, None, None);
+    let job = Job::new(state, model, index, None, None);
     let mut slot = alloc(state, 4 + raw.len(), job.id)?;
     let dst = slot.as_mut_slice();
     dst[..4].copy_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -220,7 +240,7 @@ async fn v2_request(
         h => v2::parse_infer(raw, h)?,
     };
     v2::validate(&req, model)?;
-    let job = Job::new(state, index, req.timeout_us, req.priority);
+    let job = Job::new(state, model, index, req.timeout_us, req.priority);
     let image_input = model.config.image_input().map(|(_, t)| t.name.as_str());
     let bytes_image = req.inputs.iter().find(|i| Some(i.name.as_str()) == image_input && i.datatype == DType::Bytes);
     let (desc, slot) = if let Some(input) = bytes_image {

@@ -4,6 +4,7 @@
 //! images or runs models: that work is in the preproc and inference workers.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod body;
 mod dispatch;
 pub mod error;
@@ -28,7 +29,12 @@ pub struct Config {
     pub addr: String,
     pub max_body_bytes: u64,
     pub max_inflight: usize,
+    pub max_inflight_bytes: u64,
     pub request_timeout: Duration,
+    /// Bounds a client that sends its headers slowly.
+    pub header_timeout: Duration,
+    /// Bounds a client that sends its body slowly.
+    pub body_timeout: Duration,
     pub threads: usize,
     /// How long the inbox thread spins before sleeping.
     pub spin: Duration,
@@ -74,10 +80,14 @@ pub fn run(
         let state = Arc::new(server::State {
             dispatch: dispatch.clone(),
             repository: cfg.repository.clone(),
-            admission: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight)),
-            max_inflight: cfg.max_inflight,
+            admission: admission::Admission::new(
+                cfg.max_inflight,
+                cfg.max_inflight_bytes.min(usize::MAX as u64) as usize,
+                &cfg.repository,
+            ),
             max_body_bytes: cfg.max_body_bytes.min(usize::MAX as u64) as usize,
             request_timeout: cfg.request_timeout,
+            body_timeout: cfg.body_timeout,
         });
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
@@ -91,7 +101,7 @@ pub fn run(
             }
             Duration::ZERO
         };
-        server::serve(listener, state, stop).await;
+        server::serve(listener, state, stop, cfg.header_timeout).await;
         stop_receiving.store(true, std::sync::atomic::Ordering::Release);
         cfg.wiring.self_waker().wake();
         let _ = receiver.join();

@@ -10,7 +10,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use model_repo::{Model, Repository};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::dispatch::Dispatch;
@@ -21,10 +20,10 @@ use crate::{infer, stats, v2};
 pub struct State {
     pub dispatch: Arc<Dispatch>,
     pub repository: Arc<Repository>,
-    pub admission: Arc<Semaphore>,
-    pub max_inflight: usize,
+    pub admission: crate::admission::Admission,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -120,11 +119,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
     stop: impl std::future::Future<Output = Duration>,
+    header_timeout: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // Bounds a client that dribbles its headers (slowloris).
-    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
     tokio::pin!(stop);
     let deadline = loop {
         tokio::select! {

@@ -76,6 +76,8 @@ fn one(state: &State, index: u16) -> Value {
             "compute_output": { "count": execs, "ns": get(|s| &s.compute_output_ns) },
         },
         "batch_stats": batch_stats,
+        // Not in Triton's format: requests skipped because the client left.
+        "cancel_count": get(|s| &s.cancel_count),
     })
 }
 

@@ -47,11 +47,22 @@ impl AlignedBuf {
     }
 }
 
+/// Fault injection for the test suite: when this variable names a file that
+/// exists, the next batch's thread removes it and panics (once), so tests can
+/// check that a panic takes down only its process and the supervisor recovers.
+pub const PANIC_FILE_ENV: &str = "HIGHSERVE_FAULT_PANIC_FILE";
+
 pub fn run(inst: Instance, mut backend: Box<dyn Backend>, batches: mpsc::Receiver<Vec<Pending<Item>>>) {
+    let fault = std::env::var_os(PANIC_FILE_ENV).map(std::path::PathBuf::from);
     let region = inst.replies.pool.region().clone();
     let stats = model_stats(&region, inst.gpu, inst.model_index as u16);
     let mut bufs: Vec<AlignedBuf> = (0..inst.config.inputs.len()).map(|_| AlignedBuf::default()).collect();
     for batch in batches {
+        if let Some(f) = &fault
+            && std::fs::remove_file(f).is_ok()
+        {
+            panic!("fault injected by {PANIC_FILE_ENV}");
+        }
         run_batch(&inst, backend.as_mut(), &mut bufs, batch, stats);
         // Tell the scheduler this instance is free, and wake it if it sleeps.
         if inst.done.send((inst.model_index, inst.instance)).is_err() {

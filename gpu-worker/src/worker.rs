@@ -21,6 +21,7 @@ use crate::backend::{self, BackendError};
 use crate::batcher::{BatchState, Limits, Next, Pending};
 use crate::instance::{self, Instance};
 use crate::onnx::{self, OnnxBackend, OnnxOptions};
+use shm::cancel::Recent;
 
 /// What the inference worker needs to run.
 pub struct Config {
@@ -131,8 +132,17 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         n => n,
     };
     tracing::info!("at most {budget} batches compute at once");
-    let mut running = 0usize;
+    let mut sched = Scheduler {
+        repo: cfg.repository.clone(),
+        replies,
+        gpu: cfg.index,
+        models,
+        cancelled: Recent::default(),
+        running: 0,
+        budget,
+    };
     let mut next_wake: Option<u64> = None;
+    let mut next_prune = 0u64;
     while !shutdown.load(Ordering::Acquire) {
         let now = shm::now_ns();
         let timeout = match next_wake {
@@ -141,16 +151,21 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
             None => Duration::from_millis(500),
         };
         if let Some((from, d)) = inbox.recv(Some(timeout), cfg.spin) {
-            accept(&cfg.repository, &replies, &mut models, from, d);
+            sched.accept(from, d);
             while let Some((from, d)) = inbox.try_recv() {
-                accept(&cfg.repository, &replies, &mut models, from, d);
+                sched.accept(from, d);
             }
         }
         while let Ok((m, k)) = done_rx.try_recv() {
-            models[m].idle.push(k);
-            running = running.saturating_sub(1);
+            sched.models[m].idle.push(k);
+            sched.running = sched.running.saturating_sub(1);
         }
-        next_wake = schedule(&replies, &mut models, shm::now_ns(), &mut running, budget);
+        let now = shm::now_ns();
+        if now >= next_prune {
+            next_prune = now + 10_000_000_000;
+            sched.cancelled.prune(now);
+        }
+        next_wake = sched.schedule(now);
     }
     tracing::info!("inference worker stopping");
     Ok(())
@@ -221,36 +236,79 @@ fn load_model(
     })
 }
 
-/// Validates an incoming descriptor and queues it for its model.
-fn accept(repo: &Repository, replies: &Replies, models: &mut [ModelRt], from: ProcId, d: Descriptor) {
-    let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
-    if d.kind() != Some(Kind::Tensors) {
-        tracing::warn!("unexpected {:?} descriptor from {from:?}; dropped", d.kind());
-        if d.has_slot() {
-            drop(replies.pool.adopt(from, replies.me, d.slot, d.offset, d.len));
+/// The scheduler thread's state: a queue per model, the instances that are
+/// free, and what the clients cancelled.
+struct Scheduler {
+    repo: Arc<Repository>,
+    replies: Arc<Replies>,
+    gpu: u16,
+    models: Vec<ModelRt>,
+    cancelled: Recent,
+    running: usize,
+    budget: usize,
+}
+
+impl Scheduler {
+    /// Validates an incoming descriptor and queues it for its model.
+    fn accept(&mut self, from: ProcId, d: Descriptor) {
+        let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
+        let replies = &self.replies;
+        match d.kind() {
+            Some(Kind::Tensors) => {}
+            Some(Kind::Cancel) => return self.cancel(d.request_id),
+            other => {
+                tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
+                if d.has_slot() {
+                    drop(replies.pool.adopt(from, replies.me, &d));
+                }
+                return;
+            }
         }
-        return;
+        let slot = match replies.pool.adopt(from, replies.me, &d) {
+            Ok(s) => s,
+            Err(e) => return replies.fail(&d, None, Status::Internal, &e.to_string()),
+        };
+        if self.cancelled.contains(d.request_id) {
+            // Its client left while it was upstream: skip it (the slot is freed).
+            self.count_cancel(d.model, 1);
+            return;
+        }
+        let Some(model) = self.repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
+            return replies.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
+        };
+        let checked = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
+            .map_err(|e| e.to_string())
+            .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)));
+        match checked {
+            Ok((inputs, rows, shape_key)) => self.models[d.model as usize].state.push(Pending {
+                item: Item { desc: d, slot, inputs },
+                rows,
+                shape_key,
+                arrived_ns: shm::now_ns(),
+                deadline_ns: d.deadline_ns,
+                priority: d.priority,
+            }),
+            Err(message) => replies.fail(&d, Some(slot), Status::InvalidInput, &message),
+        }
     }
-    let slot = match replies.pool.adopt(from, replies.me, d.slot, d.offset, d.len) {
-        Ok(s) => s,
-        Err(e) => return replies.fail(&d, None, Status::Internal, &e.to_string()),
-    };
-    let Some(model) = repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
-        return replies.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
-    };
-    let checked = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
-        .map_err(|e| e.to_string())
-        .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)));
-    match checked {
-        Ok((inputs, rows, shape_key)) => models[d.model as usize].state.push(Pending {
-            item: Item { desc: d, slot, inputs },
-            rows,
-            shape_key,
-            arrived_ns: shm::now_ns(),
-            deadline_ns: d.deadline_ns,
-            priority: d.priority,
-        }),
-        Err(message) => replies.fail(&d, Some(slot), Status::InvalidInput, &message),
+
+    /// Drops every queued (not yet computing) request of `id`, and remembers
+    /// the id for work of it that has not arrived yet.
+    fn cancel(&mut self, id: u64) {
+        self.cancelled.insert(id, shm::now_ns());
+        for m in 0..self.models.len() {
+            let gone = self.models[m].state.remove(|item| item.desc.request_id == id);
+            if !gone.is_empty() {
+                tracing::debug!(request_id = id, "cancelled before compute");
+                self.count_cancel(m as u16, gone.len() as u64);
+            }
+        }
+    }
+
+    fn count_cancel(&self, model: u16, n: u64) {
+        if let Some(s) = shm::stats::model_stats(self.replies.pool.region(), self.gpu, model) {
+            s.add(&s.cancel_count, n);
+        }
     }
 }
 
@@ -289,52 +347,61 @@ fn check_inputs(model: &Model, metas: &[TensorMeta]) -> Result<(u32, u64), Strin
     Ok((rows.unwrap_or(1), key.finish()))
 }
 
-/// Fails expired requests and hands batches to idle instances, at most
-/// `budget` computing at once; returns when the scheduler must look again even
-/// if nothing arrives.
-///
-/// Backends that outnumber the cores only slow each other down (on the
-/// 2-core reference VM, OCR used ~12% more CPU per image with four model
-/// threads than with two), so a budget caps them. When several models have
-/// work, the one whose next request has the earliest deadline goes first: a
-/// pipeline's later steps (whose requests started earlier) finish before new
-/// requests start, which keeps latency and memory down.
-fn schedule(replies: &Replies, models: &mut [ModelRt], now: u64, running: &mut usize, budget: usize) -> Option<u64> {
-    let mut wake: Option<u64> = None;
-    let mut passed = vec![false; models.len()];
-    while *running < budget {
-        let urgency =
-            |m: &ModelRt| m.state.head().map(|p| if p.deadline_ns != 0 { p.deadline_ns } else { p.arrived_ns });
-        let next = (0..models.len())
-            .filter(|&i| !passed[i] && !models[i].idle.is_empty())
-            .filter_map(|i| urgency(&models[i]).map(|u| (u, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        let m = &mut models[i];
-        match m.state.next_batch(&m.limits, now) {
-            Next::Run(batch) => {
-                let k = m.idle.pop().expect("filtered on an idle instance; this is a bug");
-                *running += 1;
-                if let Err(mpsc::SendError(batch)) = m.instances[k].send(batch) {
-                    *running -= 1;
-                    for p in batch {
-                        replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, "the model instance stopped");
+impl Scheduler {
+    /// Fails expired requests and hands batches to idle instances, at most
+    /// `budget` computing at once; returns when the scheduler must look again even
+    /// if nothing arrives.
+    ///
+    /// Backends that outnumber the cores only slow each other down (on the
+    /// 2-core reference VM, OCR used ~12% more CPU per image with four model
+    /// threads than with two), so a budget caps them. When several models have
+    /// work, the one whose next request has the earliest deadline goes first: a
+    /// pipeline's later steps (whose requests started earlier) finish before new
+    /// requests start, which keeps latency and memory down.
+    fn schedule(&mut self, now: u64) -> Option<u64> {
+        let (replies, models, running, budget) = (&self.replies, &mut self.models, &mut self.running, self.budget);
+        let mut wake: Option<u64> = None;
+        let mut passed = vec![false; models.len()];
+        while *running < budget {
+            let urgency =
+                |m: &ModelRt| m.state.head().map(|p| if p.deadline_ns != 0 { p.deadline_ns } else { p.arrived_ns });
+            let next = (0..models.len())
+                .filter(|&i| !passed[i] && !models[i].idle.is_empty())
+                .filter_map(|i| urgency(&models[i]).map(|u| (u, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            let m = &mut models[i];
+            match m.state.next_batch(&m.limits, now) {
+                Next::Run(batch) => {
+                    let k = m.idle.pop().expect("filtered on an idle instance; this is a bug");
+                    *running += 1;
+                    if let Err(mpsc::SendError(batch)) = m.instances[k].send(batch) {
+                        *running -= 1;
+                        for p in batch {
+                            replies.fail(
+                                &p.item.desc,
+                                Some(p.item.slot),
+                                Status::Backend,
+                                "the model instance stopped",
+                            );
+                        }
                     }
                 }
+                Next::WaitUntil(t) => {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                    passed[i] = true;
+                }
+                Next::Idle => passed[i] = true,
             }
-            Next::WaitUntil(t) => {
-                wake = Some(wake.map_or(t, |w| w.min(t)));
-                passed[i] = true;
+        }
+        for m in models.iter_mut() {
+            // After next_batch: it sets aside requests it found expired.
+            for p in m.state.take_expired(now) {
+                let msg =
+                    "the request timed out before it could be computed (parameter `timeout` or the server default)";
+                replies.fail(&p.item.desc, Some(p.item.slot), Status::Timeout, msg);
             }
-            Next::Idle => passed[i] = true,
         }
+        wake
     }
-    for m in models.iter_mut() {
-        // After next_batch: it sets aside requests it found expired.
-        for p in m.state.take_expired(now) {
-            let msg = "the request timed out before it could be computed (parameter `timeout` or the server default)";
-            replies.fail(&p.item.desc, Some(p.item.slot), Status::Timeout, msg);
-        }
-    }
-    wake
 }

@@ -49,6 +49,15 @@ pub struct ModelConfig {
     /// config (`[inference] intra_op_threads`).
     #[serde(default)]
     pub intra_op_threads: Option<u32>,
+    /// Most requests for this model in flight at once (beyond: 429); default:
+    /// only the server-wide `server.max_inflight` applies.
+    #[serde(default)]
+    pub max_inflight: Option<u32>,
+    /// Deadline of a request that sets no `timeout` parameter; default:
+    /// `server.request_timeout_ms`. A request still queued at its deadline is
+    /// dropped without computing and answered with a timeout error.
+    #[serde(default)]
+    pub default_timeout_microseconds: Option<u64>,
     /// The model's inputs, in the order the model declares them.
     #[serde(rename = "input")]
     pub inputs: Vec<TensorConfig>,
@@ -275,6 +284,9 @@ impl ModelConfig {
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return bad("at least one [[input]] and one [[output]] are required".into());
+        }
+        if self.max_inflight == Some(0) {
+            return bad("max_inflight must be at least 1 (leave it out for no per-model limit)".into());
         }
         if self.instances == 0 || self.instances > 64 {
             return bad(format!("instances = {}; 1 to 64 are accepted", self.instances));

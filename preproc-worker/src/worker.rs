@@ -78,6 +78,7 @@ struct Worker {
     scratch: Scratch,
     decoded: Vec<u8>,
     decoder: pipeline::Decoder,
+    cancelled: shm::cancel::Recent,
 }
 
 /// Runs until `shutdown` is set (the caller also wakes the inbox).
@@ -97,6 +98,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         scratch: Scratch::default(),
         decoded: Vec::new(),
         decoder: pipeline::Decoder { limits: cfg.limits },
+        cancelled: Default::default(),
     };
     let mut engine = pipeline::Engine::new(&worker.repository).map_err(WorkerError::Pipeline)?;
     let mut inbox: Inbox = cfg.wiring.inbox();
@@ -115,6 +117,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
             for d in engine.expire(now) {
                 worker.fail(&d, pipeline::timeout_failure());
             }
+            worker.cancelled.prune(now);
         }
     }
     tracing::info!("preproc worker stopping");
@@ -128,16 +131,31 @@ impl Worker {
 
     fn handle(&mut self, from: ProcId, d: Descriptor, engine: &mut pipeline::Engine) {
         let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
+        if d.kind() == Some(Kind::Cancel) {
+            // The client left: forget the request's pipeline state, and drop its
+            // work if it reaches us later.
+            engine.cancel(d.request_id);
+            self.cancelled.insert(d.request_id, shm::now_ns());
+            return;
+        }
+        if self.cancelled.contains(d.request_id) {
+            if d.has_slot() {
+                drop(self.pool.adopt(from, self.me, &d));
+            }
+            return;
+        }
         let result = match d.kind() {
             Some(Kind::Images) if engine.is_pipeline(d.model) => self.start_pipeline(from, &d, engine),
             Some(Kind::Images) => self.on_images(from, &d),
-            Some(Kind::Outputs) if engine.owns(d.request_id) => engine.on_outputs(&self.io(self.pick_gpu()), from, &d),
+            Some(Kind::Outputs) if engine.owns(d.request_id) => {
+                self.pick_gpu().and_then(|g| engine.on_outputs(&self.io(g), from, &d))
+            }
             Some(Kind::Outputs) => self.on_outputs(from, &d),
             other => {
                 // A buggy peer; free the slot if it really is ours and move on.
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
                 if d.has_slot() {
-                    drop(self.pool.adopt(from, self.me, d.slot, d.offset, d.len));
+                    drop(self.pool.adopt(from, self.me, &d));
                 }
                 return;
             }
@@ -150,9 +168,9 @@ impl Worker {
 
     /// Encoded image from the frontend → the first steps of its pipeline.
     fn start_pipeline(&mut self, from: ProcId, d: &Descriptor, engine: &mut pipeline::Engine) -> Result<(), Failure> {
-        let input = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let input = self.pool.adopt(from, self.me, d)?;
         let images = split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
-        let io = self.io(self.pick_gpu());
+        let io = self.io(self.pick_gpu()?);
         engine.start(&io, d, images[0], &self.decoder)
     }
 
@@ -165,7 +183,7 @@ impl Worker {
 
     /// Encoded images from the frontend → one input tensor for the model.
     fn on_images(&mut self, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
-        let input = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let input = self.pool.adopt(from, self.me, d)?;
         let repository = self.repository.clone();
         let model = repository
             .models
@@ -203,20 +221,27 @@ impl Worker {
             sent_ns: shm::now_ns(),
             ..*d
         };
-        let gpu = self.pick_gpu();
+        let gpu = self.pick_gpu()?;
         send_slot(&self.gpus[gpu], next, out)
     }
 
-    /// The inference worker with the shortest queue from us among the ready ones.
-    fn pick_gpu(&self) -> usize {
+    /// The inference worker with the shortest queue from us among the ready
+    /// ones; none ready (all crashed and restarting) fails the request at once
+    /// rather than leaving it in a dead worker's queue.
+    fn pick_gpu(&self) -> Result<usize, Failure> {
         let region = self.pool.region();
         let ready = |o: &Outbox| region.proc_state(o.to()) == ProcState::Ready;
-        (0..self.gpus.len()).filter(|&i| ready(&self.gpus[i])).min_by_key(|&i| self.gpus[i].backlog()).unwrap_or(0)
+        (0..self.gpus.len()).filter(|&i| ready(&self.gpus[i])).min_by_key(|&i| self.gpus[i].backlog()).ok_or_else(
+            || Failure {
+                status: Status::Unavailable,
+                message: "no inference worker is ready (it is restarting); retry shortly".into(),
+            },
+        )
     }
 
     /// Model outputs → the post-processed JSON answer for the frontend.
     fn on_outputs(&mut self, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
-        let mut slot = self.pool.adopt(from, self.me, d.slot, d.offset, d.len)?;
+        let mut slot = self.pool.adopt(from, self.me, d)?;
         let model = self.model(d.model)?;
         let Some(post) = model.config.postprocess.as_ref() else {
             return Err(Failure::internal(format!(

@@ -34,6 +34,9 @@ pub enum Kind {
     Response = 4,
     /// Any → frontend: the request failed; payload is a UTF-8 message.
     Error = 5,
+    /// Frontend → workers: the client went away (or the request timed out);
+    /// drop the request if it has not been computed. No slot.
+    Cancel = 6,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             3 => Kind::Outputs,
             4 => Kind::Response,
             5 => Kind::Error,
+            6 => Kind::Cancel,
             _ => return None,
         })
     }

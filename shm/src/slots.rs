@@ -95,9 +95,13 @@ impl SlotPool {
         Slot { region: self.region.clone(), index, size, data_off }
     }
 
-    /// Takes ownership of a slot that `from` sent to `me` in a descriptor,
-    /// checking that the descriptor is consistent with the region.
-    pub fn adopt(&self, from: ProcId, me: ProcId, index: u32, offset: u32, len: u32) -> Result<Slot, ShmError> {
+    /// Takes ownership of the slot that `from` sent to `me` with descriptor
+    /// `d`, checking that the descriptor is consistent with the region: the
+    /// slot exists, `me` owns it, it serves `d`'s request (a stale descriptor
+    /// that outlived its slot's reuse is caught here), and the payload range
+    /// lies inside it.
+    pub fn adopt(&self, from: ProcId, me: ProcId, d: &crate::Descriptor) -> Result<Slot, ShmError> {
+        let (index, offset, len) = (d.slot, d.offset, d.len);
         let total = self.region.layout().total_slots;
         if index >= total {
             return Err(ShmError::BadSlot { from, slot: index, count: total });
@@ -105,8 +109,9 @@ impl SlotPool {
         let slot = self.slot(index);
         // Acquire: pairs with the sender's Release store of us as owner.
         let owner = self.owner_word(index).load(Ordering::Acquire);
-        if owner != code(me) {
-            // Not ours: do not free it on drop.
+        let request = self.request_word(index).load(Ordering::Relaxed);
+        if owner != code(me) || request != d.request_id {
+            // Not ours, or not this request's: do not free it on drop.
             std::mem::forget(slot);
             return Err(ShmError::BadSlot { from, slot: index, count: total });
         }
@@ -217,7 +222,7 @@ impl std::fmt::Debug for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LayoutParams, SlotClass, Topology};
+    use crate::{Descriptor, LayoutParams, SlotClass, Topology};
 
     fn pool() -> SlotPool {
         let p = LayoutParams::new(
@@ -253,14 +258,17 @@ mod tests {
         let mut s = pool.alloc(10, a, 42).unwrap();
         s.as_mut_slice()[..3].copy_from_slice(b"abc");
         let idx = s.send_to(b);
-        assert!(pool.adopt(a, a, idx, 0, 3).is_err(), "the sender no longer owns it");
-        assert!(pool.adopt(a, b, 999, 0, 1).is_err(), "no such slot");
-        let got = pool.adopt(a, b, idx, 0, 3).unwrap();
+        let d = |slot, offset, len| Descriptor { request_id: 42, slot, offset, len, ..Default::default() };
+        assert!(pool.adopt(a, a, &d(idx, 0, 3)).is_err(), "the sender no longer owns it");
+        assert!(pool.adopt(a, b, &d(999, 0, 1)).is_err(), "no such slot");
+        let stale = Descriptor { request_id: 41, ..d(idx, 0, 3) };
+        assert!(pool.adopt(a, b, &stale).is_err(), "a descriptor of another request");
+        let got = pool.adopt(a, b, &d(idx, 0, 3)).unwrap();
         assert_eq!(got.bytes(0, 3).unwrap(), b"abc");
         assert!(got.bytes(4095, 2).is_err());
         let idx = got.send_to(b);
         // A descriptor whose range is wrong frees the slot: it is ours and useless.
-        assert!(pool.adopt(a, b, idx, 4090, 100).is_err(), "range beyond the slot");
+        assert!(pool.adopt(a, b, &d(idx, 4090, 100)).is_err(), "range beyond the slot");
         assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
     }
 

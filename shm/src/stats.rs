@@ -34,7 +34,9 @@ pub struct ModelStats {
     pub last_inference_ms: AtomicU64,
     /// `batch_sizes[n]`: batches of `n` rows (the last bucket: `n` or more).
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
-    _pad: [u64; 3],
+    /// Requests the batcher skipped because their client went away.
+    pub cancel_count: AtomicU64,
+    _pad: [u64; 2],
 }
 
 pub const MODEL_STATS_LEN: usize = std::mem::size_of::<ModelStats>();

@@ -54,7 +54,7 @@ fn child_role() {
     let mut seen = 0;
     while seen < N {
         let (from, d) = recv(&mut inbox);
-        let mut slot = pool.adopt(from, me, d.slot, d.offset, d.len).unwrap();
+        let mut slot = pool.adopt(from, me, &d).unwrap();
         let range = d.offset as usize..(d.offset + d.len) as usize;
         slot.as_mut_slice()[range].reverse();
         let reply = Descriptor { slot: slot.send_to(from), kind: Kind::Outputs as u8, ..d };
@@ -117,7 +117,7 @@ fn descriptors_and_slots_round_trip_through_another_process() {
         }
         let (from, d) = recv(&mut inbox);
         assert_eq!(from, ProcId(1));
-        let slot = pool.adopt(from, me, d.slot, d.offset, d.len).unwrap();
+        let slot = pool.adopt(from, me, &d).unwrap();
         let mut want = payload(d.request_id);
         want.reverse();
         assert_eq!(slot.bytes(0, d.len as usize).unwrap(), &want[..], "request {}", d.request_id);
@@ -152,7 +152,7 @@ fn slots_of_a_killed_process_are_reclaimed() {
     let mut returned = Vec::new();
     while let Some((_, d)) = inbox.try_recv() {
         returned.push(d.request_id);
-        drop(pool.adopt(ProcId(1), ProcId::FRONTEND, d.slot, d.offset, d.len).unwrap());
+        drop(pool.adopt(ProcId(1), ProcId::FRONTEND, &d).unwrap());
     }
     let mut all: Vec<u64> = reclaimed.iter().chain(&returned).copied().collect();
     all.sort_unstable();

@@ -27,14 +27,32 @@ pub struct Daemon {
     log: PathBuf,
 }
 
+/// The shipped config with `edit` applied, written to a file in `dir` (its
+/// relative paths made absolute, since they are relative to the file).
+pub fn config_with(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("configs/default.toml")).unwrap();
+    let text = text
+        .replace("\"../models\"", &format!("{:?}", root().join("models")))
+        .replace("\"../.cache/", &format!("\"{}/.cache/", root().display()));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with(&root().join("configs/default.toml"), extra, &[])
+    }
+
+    /// Starts with another config file, extra flags and environment.
+    pub fn start_with(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("daemon.log");
         let run_dir = dir.path().join("run");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_highserve"));
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--config"])
-            .arg(root().join("configs/default.toml"))
+            .arg(config)
             .args(["--port", "0", "--preproc-workers", "2", "--run-dir"])
             .arg(&run_dir)
             .args(extra)
@@ -193,4 +211,30 @@ pub fn dev_shm_entries() -> Vec<String> {
     std::fs::read_dir(Path::new("/dev/shm"))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
+}
+
+/// A copy of the model repository (configs only; version directories are
+/// links to the fetched files) whose `model` config is edited by `edit`, for
+/// tests that need other batching settings.
+pub fn repository_with(model: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("models")).unwrap().flatten() {
+        let src = entry.path();
+        if !src.join("config.toml").exists() {
+            continue;
+        }
+        let dst = dir.path().join(entry.file_name());
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut config = std::fs::read_to_string(src.join("config.toml")).unwrap();
+        if entry.file_name() == model {
+            config = edit(config);
+        }
+        std::fs::write(dst.join("config.toml"), config).unwrap();
+        for v in std::fs::read_dir(&src).unwrap().flatten() {
+            if v.path().is_dir() {
+                std::os::unix::fs::symlink(v.path(), dst.join(v.file_name())).unwrap();
+            }
+        }
+    }
+    dir
 }

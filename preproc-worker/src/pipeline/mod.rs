@@ -177,7 +177,7 @@ impl Engine {
 
     /// A model request of request `d.request_id` came back.
     pub fn on_outputs(&mut self, io: &Io, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
-        let slot = io.pool.adopt(from, io.me, d.slot, d.offset, d.len)?;
+        let slot = io.pool.adopt(from, io.me, d)?;
         let Some(mut ctx) = self.active.remove(&d.request_id) else {
             return Ok(()); // the request failed or timed out meanwhile
         };
@@ -197,6 +197,12 @@ impl Engine {
         ctx.outputs = groups.into_iter().zip(ctx.arrived.drain(..).flatten()).collect();
         ctx.step += 1;
         self.advance(io, &def, ctx)
+    }
+
+    /// Forgets request `id` (its client left); the answers still on their way
+    /// for it will be discarded.
+    pub fn cancel(&mut self, id: u64) {
+        self.active.remove(&id);
     }
 
     /// Takes out the requests whose deadline has passed, for the caller to fail.
