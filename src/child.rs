@@ -47,6 +47,12 @@ fn send(stream: &UnixStream, msg: &FromChild) {
 fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if preproc_worker::contain::in_contained_scope() {
+            // A decoder or CPU step failing on one request's data: it unwinds
+            // to `contain`, which fails that request only.
+            tracing::warn!("contained panic: {info}");
+            return;
+        }
         default(info);
         tracing::error!("panic: {info}; exiting so the supervisor restarts this process");
         std::process::abort();

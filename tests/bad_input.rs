@@ -94,6 +94,16 @@ fn bad_inputs_get_clear_errors_and_serving_goes_on() {
             400,
             &["JPEG", "PNG"],
         ),
+        (
+            "a PNG palette that crashed the png crate",
+            d.post(
+                CLS,
+                &[("Content-Type", "image/png")],
+                include_bytes!("../preproc-worker/src/image/fuzz_bad_palette.png"),
+            ),
+            400,
+            &["PNG"],
+        ),
         ("huge declared JPEG", d.post(CLS, &jpeg_ct, &jpeg_declaring(&jpeg, 60_000, 60_000)), 400, &["60000x60000"]),
         (
             "model without image preprocessing",

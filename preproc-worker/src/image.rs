@@ -284,6 +284,16 @@ fn decode_png(
     // samples keep their high byte.
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| corrupt(format, e))?;
+    // The png crate (0.18.1) indexes out of bounds expanding a palette whose
+    // length is not a multiple of 3 or over 256 entries (found by fuzzing).
+    if let Some(palette) = reader.info().palette.as_deref()
+        && (palette.len() % 3 != 0 || palette.len() > 768)
+    {
+        return Err(corrupt(
+            format,
+            format!("the palette (PLTE) has {} bytes; 3 per entry and at most 256 entries are valid", palette.len()),
+        ));
+    }
     let (width, height) = (reader.info().width, reader.info().height);
     let channels = reader.output_color_type().0.samples();
     let decoded_len = reader.output_buffer_size().ok_or_else(|| corrupt(format, "the image size overflows"))?;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod contain;
 pub mod image;
 pub mod ocr;
 mod pipeline;

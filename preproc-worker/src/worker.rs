@@ -15,6 +15,7 @@ use shm::tensor::{self, TensorSpec};
 use shm::{Descriptor, Inbox, Kind, Outbox, ProcId, ShmError, Slot, SlotPool, Status};
 
 use crate::classify;
+use crate::contain::contain;
 use crate::image::{self, DecodeLimits};
 use crate::pipeline;
 use crate::preprocess::{self, Scratch};
@@ -203,13 +204,18 @@ impl Worker {
         let data = ranges[0].clone();
         for (i, bytes) in images.iter().enumerate() {
             let which = if images.len() > 1 { format!("image {i}: ") } else { String::new() };
-            let info = image::probe(bytes, &self.limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
-            let scale_to = self.dct_scaling.then(|| preprocess::source_size_needed(pre, info.width, info.height));
-            let (w, h) = image::decode_into(bytes, &info, scale_to, &mut self.decoded)
-                .map_err(|e| Failure::input(format!("{which}{e}")))?;
             let dst = &mut out.as_mut_slice()[data.start + i * per_image..data.start + (i + 1) * per_image];
-            preprocess::preprocess_into((w, h, &self.decoded), pre, dtype, dst, &mut self.scratch)
-                .map_err(|e| Failure::internal(format!("{which}{e}")))?;
+            let (limits, dct, decoded, scratch) =
+                (&self.limits, self.dct_scaling, &mut self.decoded, &mut self.scratch);
+            contain(|| {
+                let info = image::probe(bytes, limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
+                let scale_to = dct.then(|| preprocess::source_size_needed(pre, info.width, info.height));
+                let (w, h) = image::decode_into(bytes, &info, scale_to, decoded)
+                    .map_err(|e| Failure::input(format!("{which}{e}")))?;
+                preprocess::preprocess_into((w, h, decoded), pre, dtype, dst, scratch)
+                    .map_err(|e| Failure::internal(format!("{which}{e}")))
+            })
+            .map_err(|panic| Failure::input(format!("{which}the image could not be decoded: {panic}")))??;
         }
         drop(input);
         let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();

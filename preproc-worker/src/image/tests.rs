@@ -309,3 +309,15 @@ fn no_input_panics() {
         }
     }
 }
+
+#[test]
+fn a_palette_the_png_crate_cannot_expand_is_an_error() {
+    // Found by fuzz/fuzz_targets/image_preprocess: a PLTE chunk whose length is
+    // not a multiple of 3 made png 0.18.1 index out of bounds. This file is
+    // that case with valid CRCs (the fuzz build skips CRC checks).
+    let png = include_bytes!("fuzz_bad_palette.png");
+    let info = probe(png, &DecodeLimits::default()).unwrap();
+    let mut buf = Vec::new();
+    let err = decode_into(png, &info, None, &mut buf).unwrap_err().to_string();
+    assert!(err.contains("palette"), "{err}");
+}

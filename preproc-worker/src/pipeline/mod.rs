@@ -19,6 +19,7 @@ use shm::stats::{MAX_STEPS, step_stats};
 use shm::tensor::{self, DType, TensorMeta, TensorSpec};
 use shm::{Descriptor, Kind, Outbox, ProcId, Slot, SlotPool, Status};
 
+use crate::contain::contain;
 use crate::worker::{Failure, send_slot};
 
 pub use ocr::Decoder;
@@ -159,7 +160,8 @@ impl Engine {
             return Err(Failure::input(format!("pipeline `{}` takes one image per request, got {}", def.name, d.rows)));
         }
         let started = Instant::now();
-        let state = ocr::State::from_image(image, decode)?;
+        let state = contain(|| ocr::State::from_image(image, decode))
+            .map_err(|panic| Failure::input(format!("the image could not be decoded: {panic}")))??;
         record(io, &def, usize::MAX, started);
         let ctx = Ctx {
             desc: *d,
@@ -226,7 +228,9 @@ impl Engine {
             match step {
                 StepRt::Cpu(cpu) => {
                     let started = Instant::now();
-                    cpu.run(&mut ctx, io)?;
+                    // A panic here drops the request's context with it.
+                    contain(|| cpu.run(&mut ctx, io))
+                        .map_err(|panic| Failure::internal(format!("pipeline step failed: {panic}")))??;
                     record(io, def, ctx.step, started);
                     ctx.step += 1;
                 }
