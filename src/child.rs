@@ -130,6 +130,7 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                 body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),
                 threads: cfg.server.threads as usize,
                 spin,
+                metrics_addr: cfg.server.metrics_port.map(|p| format!("{}:{p}", cfg.server.host)),
             };
             frontend::run(fcfg, rx, |addr| ready(Some(addr.to_string())))?;
         }

@@ -66,6 +66,9 @@ pub struct Server {
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
     pub threads: u32,
+    /// A second port serving only `/metrics` (Triton uses 8002), on `host`.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -117,6 +120,14 @@ pub struct Supervisor {
     pub restart_backoff_ms: [u64; 2],
     pub max_restarts: u32,
     pub restart_window_s: u64,
+    /// A child whose main loop has not turned for this long counts as hung:
+    /// the systemd watchdog pings stop (see docs/operations.md).
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+}
+
+fn default_heartbeat_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -151,6 +162,9 @@ pub struct Overrides {
     /// Load only these models (comma-separated) [env: HIGHSERVE_LOAD]
     #[arg(long, env = "HIGHSERVE_LOAD", value_delimiter = ',')]
     pub load: Option<Vec<String>>,
+    /// Also serve /metrics on this port [env: HIGHSERVE_METRICS_PORT]
+    #[arg(long, env = "HIGHSERVE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// Log format [env: HIGHSERVE_LOG_FORMAT]
     #[arg(long, env = "HIGHSERVE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -191,6 +205,9 @@ impl Config {
         }
         if let Some(l) = &o.load {
             self.models.load = l.clone();
+        }
+        if let Some(p) = o.metrics_port {
+            self.server.metrics_port = Some(p);
         }
         if let Some(f) = o.log_format {
             self.log.format = f;
@@ -294,6 +311,38 @@ mod tests {
         assert!(cfg.models.repository.ends_with("models"));
         assert!(cfg.models.repository.is_absolute());
         assert_eq!(cfg.shm.slots[0].size, ByteSize(256 << 10));
+    }
+
+    /// docs/configuration.md is written by hand; this keeps it complete: every
+    /// key of the config types (optional ones set, so they serialize) and
+    /// every flag must appear in it, keys under their section's heading.
+    #[test]
+    fn every_key_and_flag_is_documented() {
+        let docs =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md")).unwrap();
+        let mut cfg = Config::load(&default_path(), &Overrides::default()).unwrap();
+        cfg.server.metrics_port = Some(8002);
+        let value = toml::Value::try_from(&cfg).unwrap();
+        let mut missing = Vec::new();
+        for (section, table) in value.as_table().unwrap() {
+            let heading = format!("## `[{section}]`");
+            let start = docs.find(&heading).unwrap_or_else(|| panic!("no heading {heading}"));
+            let end = docs[start + heading.len()..].find("\n## ").map_or(docs.len(), |i| start + heading.len() + i);
+            for key in table.as_table().unwrap().keys() {
+                if !docs[start..end].contains(&format!("| `{key}` |")) {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        use clap::Args as _;
+        for arg in Overrides::augment_args(clap::Command::new("serve")).get_arguments() {
+            if let Some(long) = arg.get_long()
+                && !docs.contains(&format!("`--{long}`"))
+            {
+                missing.push(format!("--{long}"));
+            }
+        }
+        assert!(missing.is_empty(), "undocumented in docs/configuration.md: {missing:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod bench;
 mod child;
 mod config;
 mod control;
+mod notify;
 mod restart;
 mod supervisor;
 mod telemetry;

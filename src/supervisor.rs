@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, Role, SUPERVISOR_PID_ENV, ToChild};
+use crate::notify::Notifier;
 use crate::restart::{Decision, RestartPolicy};
 
 enum Event {
@@ -52,6 +53,9 @@ pub struct Supervisor {
     topology: Topology,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
+    notifier: Option<Notifier>,
+    /// Why the last health check failed (logged on each change).
+    unhealthy: Option<String>,
 }
 
 fn slot_classes(cfg: &Config) -> Vec<SlotClass> {
@@ -99,7 +103,8 @@ impl Supervisor {
             add(topology.preproc(i), Role::Preproc(i));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Supervisor { cfg, repository, run_dir, region, efds, children, topology, tx, rx })
+        let notifier = Notifier::from_env();
+        Ok(Supervisor { cfg, repository, run_dir, region, efds, children, topology, tx, rx, notifier, unhealthy: None })
     }
 
     /// Start-up order: inference workers (models loaded), preproc pool, frontend.
@@ -125,12 +130,17 @@ impl Supervisor {
             // which then drains in order instead of every process dying at once.
             .process_group(0)
             .kill_on_drop(true);
+        for var in crate::notify::ENV {
+            cmd.env_remove(var);
+        }
         let mut child = cmd.spawn().with_context(|| format!("cannot start the {} process", role.name()))?;
         drop(theirs);
         let pid = child.id();
         self.region.set_proc_state(proc, ProcState::Starting);
         if let Some(e) = self.region.proc(proc) {
             e.pid.store(pid.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+            // The previous incarnation's heartbeat must not count against this one.
+            e.heartbeat_ns.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         let entry = self.children.get_mut(&proc).expect("child slot exists; this is a bug");
         entry.generation += 1;
@@ -233,20 +243,73 @@ impl Supervisor {
             std::fs::write(&tmp, format!("http://{addr}\n"))?;
             std::fs::rename(&tmp, dir.join("ready"))?;
         }
+        if let Some(n) = &self.notifier {
+            n.send(&format!("READY=1\nSTATUS=serving {} models on http://{addr}", self.repository.models.len()));
+        }
+        // Health checks run every second (or every half watchdog period, if
+        // systemd asked for a shorter one); pings go out only when healthy.
+        let watchdog = self.notifier.as_ref().and_then(Notifier::watchdog);
+        let period = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
+        let mut checks = tokio::time::interval(period);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {
             tokio::select! {
                 _ = term.recv() => break 0,
                 _ = int.recv() => break 0,
+                _ = checks.tick() => self.check_health(watchdog.is_some()),
                 ev = self.rx.recv() => match ev {
                     Some(ev) => if let Some(code) = self.handle(ev).await { break code },
                     None => break 1,
                 },
             }
         };
+        if let Some(n) = &self.notifier {
+            n.send("STOPPING=1\nSTATUS=draining");
+        }
         let drain =
             if code == 0 { Duration::from_millis(self.cfg.supervisor.drain_timeout_ms) } else { Duration::ZERO };
         self.stop_all(drain).await;
         Ok(code)
+    }
+
+    /// Why a child counts as hung: it is up (ready) but its main loop has not
+    /// turned within `supervisor.heartbeat_timeout_ms`. A child that is down
+    /// and being restarted is not hung: restarting it is this supervisor's
+    /// job, and too many crashes end the daemon anyway.
+    fn hung(&self) -> Option<String> {
+        let limit = self.cfg.supervisor.heartbeat_timeout_ms.saturating_mul(1_000_000);
+        let mut procs: Vec<&ProcId> = self.children.keys().collect();
+        procs.sort_by_key(|p| p.0);
+        procs.into_iter().find_map(|&p| {
+            let child = &self.children[&p];
+            if child.pid.is_none() || self.region.proc_state(p) != ProcState::Ready {
+                return None;
+            }
+            let age = self.region.heartbeat_age_ns(p)?;
+            (age > limit).then(|| format!("{} has not made progress for {:.1} s", child.role.name(), age as f64 / 1e9))
+        })
+    }
+
+    /// Logs changes of health and, when `ping`, sends the systemd watchdog
+    /// ping only while healthy: a hung worker stops the pings, and systemd
+    /// restarts the service once `WatchdogSec` passes without one.
+    fn check_health(&mut self, ping: bool) {
+        let hung = self.hung();
+        match (&hung, &self.unhealthy) {
+            (Some(why), None) => tracing::error!(
+                "{why}; {}",
+                if ping { "withholding the systemd watchdog ping" } else { "it looks hung" }
+            ),
+            (None, Some(_)) => tracing::info!("every process is making progress again"),
+            _ => {}
+        }
+        self.unhealthy = hung;
+        if ping
+            && self.unhealthy.is_none()
+            && let Some(n) = &self.notifier
+        {
+            n.send("WATCHDOG=1");
+        }
     }
 
     /// Handles an event while serving; `Some(code)` ends the daemon.

@@ -64,6 +64,12 @@ impl Admission {
         Ok(Permit { _request: request, _model: model, bytes: None })
     }
 
+    /// Request body bytes in flight (to the KiB).
+    pub fn inflight_bytes(&self) -> u64 {
+        let units = self.max_bytes.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        (units.saturating_sub(self.bytes.available_permits()) * UNIT) as u64
+    }
+
     /// Reserves `len` bytes of request data for `permit`'s request.
     pub fn reserve(&self, permit: &mut Permit, len: usize) -> Result<(), ApiError> {
         let units = len.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS) as u32;

@@ -217,7 +217,9 @@ impl Dispatch {
 /// woken): the blocking wait spins briefly and then sleeps on the eventfd,
 /// and completing a oneshot channel wakes the waiting task on the runtime.
 pub fn receive_loop(dispatch: Arc<Dispatch>, mut inbox: Inbox, spin: Duration, stop: Arc<AtomicBool>) {
+    let region = dispatch.region().clone();
     while !stop.load(Ordering::Acquire) {
+        region.beat(ProcId::FRONTEND);
         if let Some((from, d)) = inbox.recv(Some(Duration::from_millis(500)), spin) {
             dispatch.complete(from, d);
             while let Some((from, d)) = inbox.try_recv() {

@@ -17,6 +17,7 @@ use crate::admission::Permit;
 use crate::body;
 use crate::dispatch::{Completion, Target};
 use crate::error::ApiError;
+use crate::metrics::Track;
 use crate::server::State;
 use crate::v2::{self, InferRequest};
 
@@ -62,8 +63,10 @@ impl Job {
             .or(config.config.default_timeout_microseconds)
             .map(Duration::from_micros)
             .unwrap_or(state.request_timeout);
+        let id = state.dispatch.new_id();
+        tracing::Span::current().record("request_id", id);
         Job {
-            id: state.dispatch.new_id(),
+            id,
             model,
             deadline_ns: shm::now_ns().saturating_add(timeout.as_nanos() as u64),
             timeout,
@@ -115,6 +118,7 @@ pub async fn infer(
     model: &Model,
     index: u16,
     req: hyper::Request<Incoming>,
+    track: &Track<'_>,
 ) -> Result<Resp, ApiError> {
     let mut permit = state.admission.admit(index, &model.name)?;
     let (parts, mut body) = req.into_parts();
@@ -142,9 +146,10 @@ pub async fn infer(
                 "Content-Type {ctype} is not supported; send image/jpeg or image/png"
             )));
         }
-        return image_request(state, model, index, &mut body, len, &mut permit).await;
+        return image_request(state, model, index, &mut body, len, &mut permit, track).await;
     }
     let raw = timed(state, body::read_all(&mut body, limit, len)).await?;
+    track.received();
     if len.is_none() {
         state.admission.reserve(&mut permit, raw.len())?;
     }
@@ -165,9 +170,11 @@ async fn image_request(
     body: &mut Incoming,
     len: Option<usize>,
     permit: &mut Permit,
+    track: &Track<'_>,
 ) -> Result<Resp, ApiError> {
     let Some(n) = len else {
         let raw = timed(state, body::read_all(body, state.max_body_bytes, None)).await?;
+        track.received();
         state.admission.reserve(permit, raw.len())?;
         return image_bytes(state, model, index, &raw).await;
     };
@@ -179,6 +186,7 @@ async fn image_request(
     let mut slot = alloc(state, 4 + n, job.id)?;
     slot.as_mut_slice()[..4].copy_from_slice(&(n as u32).to_le_bytes());
     timed(state, body::read_exact(body, &mut slot.as_mut_slice()[4..4 + n])).await?;
+    track.received();
     finish_image(state, model, &job, slot, 4 + n).await
 }
 

@@ -9,6 +9,7 @@ mod body;
 mod dispatch;
 pub mod error;
 mod infer;
+mod metrics;
 mod server;
 mod stats;
 pub mod v2;
@@ -38,6 +39,9 @@ pub struct Config {
     pub threads: usize,
     /// How long the inbox thread spins before sleeping.
     pub spin: Duration,
+    /// `host:port` of a second listener serving only `/metrics` (Triton's
+    /// 8002); `/metrics` is on the main port in any case.
+    pub metrics_addr: Option<String>,
 }
 
 /// Orders from the supervisor.
@@ -85,12 +89,20 @@ pub fn run(
                 cfg.max_inflight_bytes.min(usize::MAX as u64) as usize,
                 &cfg.repository,
             ),
+            metrics: metrics::Metrics::new(cfg.repository.models.len()),
             max_body_bytes: cfg.max_body_bytes.min(usize::MAX as u64) as usize,
             request_timeout: cfg.request_timeout,
             body_timeout: cfg.body_timeout,
         });
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
+        if let Some(maddr) = &cfg.metrics_addr {
+            let metrics_listener = tokio::net::TcpListener::bind(maddr)
+                .await
+                .map_err(|source| FrontendError::Bind { addr: maddr.clone(), source })?;
+            tracing::info!("metrics on http://{}/metrics", metrics_listener.local_addr()?);
+            tokio::spawn(server::serve_metrics(metrics_listener, state.clone()));
+        }
         on_ready(addr);
         let stop = async move {
             while let Some(cmd) = commands.recv().await {

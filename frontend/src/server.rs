@@ -14,13 +14,14 @@ use tracing::Instrument;
 
 use crate::dispatch::Dispatch;
 use crate::error::ApiError;
-use crate::{infer, stats, v2};
+use crate::{infer, metrics, stats, v2};
 
 /// Shared by every connection.
 pub struct State {
     pub dispatch: Arc<Dispatch>,
     pub repository: Arc<Repository>,
     pub admission: crate::admission::Admission,
+    pub metrics: crate::metrics::Metrics,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub body_timeout: Duration,
@@ -44,13 +45,34 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, I
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = route(&state, req).await.unwrap_or_else(|e| {
-        if e.status().is_server_error() {
+        if path.ends_with("/infer") && e.status() != StatusCode::NOT_FOUND {
+            // Logged in `route`, inside the request's span.
+        } else if e.status().is_server_error() {
             tracing::warn!("{method} {path}: {}", e.message());
         } else {
             tracing::debug!("{method} {path}: {}", e.message());
         }
         e.into_response()
     });
+    Ok(resp)
+}
+
+fn metrics_response(state: &State) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(metrics::render(state))));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// The metrics-only listener (`server.metrics_port`, like Triton's 8002).
+pub async fn handle_metrics(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().trim_end_matches('/');
+    let resp = match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics_response(&state),
+        (_, "/metrics") => {
+            ApiError::MethodNotAllowed(format!("{} is not allowed on /metrics", req.method())).into_response()
+        }
+        _ => ApiError::NotFound(format!("no route {path}; this port serves /metrics only")).into_response(),
+    };
     Ok(resp)
 }
 
@@ -82,6 +104,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, ApiEr
             true => Ok(ok_json(stats::render(state, None)?)),
             false => Err(wrong()),
         },
+        ["metrics"] if get => Ok(metrics_response(state)),
         ["v2"] if get => Ok(ok_json(v2::server_metadata())),
         ["v2", "health", "live"] if get => Ok(empty(StatusCode::OK)),
         ["v2", "health", "ready"] if get => {
@@ -100,15 +123,35 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, ApiEr
                     Ok(empty(if state.dispatch.all_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }))
                 }
                 ["stats"] if get => Ok(ok_json(stats::render(state, Some(index))?)),
+                ["config"] if get => Ok(ok_json(v2::model_config(model))),
                 ["infer"] if method == Method::POST => {
-                    let span = tracing::debug_span!("infer", model = %model.name);
-                    infer::infer(state, model, index, req).instrument(span).await
+                    // `request_id` is filled in once the request has one; the
+                    // workers log under the same id.
+                    let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
+                    let track = state.metrics.track(index);
+                    let result = async {
+                        let result = infer::infer(state, model, index, req, &track).await;
+                        // Logged once, here, with the request id.
+                        match &result {
+                            Ok(r) => tracing::debug!(status = r.status().as_u16(), "answered"),
+                            Err(e) if e.status().is_server_error() => tracing::warn!("failed: {}", e.message()),
+                            Err(e) => tracing::debug!(status = e.status().as_u16(), "refused: {}", e.message()),
+                        }
+                        result
+                    }
+                    .instrument(span)
+                    .await;
+                    track.finish(match &result {
+                        Ok(r) => r.status(),
+                        Err(e) => e.status(),
+                    });
+                    result
                 }
-                [] | ["ready"] | ["stats"] | ["infer"] => Err(wrong()),
+                [] | ["ready"] | ["stats"] | ["config"] | ["infer"] => Err(wrong()),
                 _ => Err(ApiError::NotFound(format!("no route {path}; see docs/api.md"))),
             }
         }
-        ["v2"] | ["v2", "health", "live" | "ready"] | ["v2", "repository", "index"] => Err(wrong()),
+        ["v2"] | ["v2", "health", "live" | "ready"] | ["v2", "repository", "index"] | ["metrics"] => Err(wrong()),
         _ => Err(ApiError::NotFound(format!("no route {path}; the API is under /v2 (see docs/api.md)"))),
     }
 }
@@ -146,5 +189,18 @@ pub async fn serve(
     tracing::info!("draining: no new connections; waiting up to {deadline:?} for requests in flight");
     if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain deadline passed with requests still in flight");
+    }
+}
+
+/// Serves `/metrics` on its own port for the daemon's life (scrapes are
+/// short; this listener is not drained).
+pub async fn serve_metrics(listener: tokio::net::TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| handle_metrics(state.clone(), req));
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
     }
 }

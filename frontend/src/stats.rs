@@ -50,13 +50,16 @@ fn one(state: &State, index: u16) -> Value {
     let batch_stats: Vec<Value> = (1..BATCH_BUCKETS)
         .filter_map(|b| {
             let n = sum(state, index, |s| ModelStats::get(&s.batch_sizes[b]));
+            let ns = |f: fn(&ModelStats) -> &[std::sync::atomic::AtomicU64; BATCH_BUCKETS]| {
+                sum(state, index, |s| ModelStats::get(&f(s)[b]))
+            };
+            // The last size counts batches of that size or more.
             (n > 0).then(|| {
                 json!({
                     "batch_size": b,
-                    // Per-size times are not kept yet; counts are exact.
-                    "compute_input": { "count": n, "ns": 0 },
-                    "compute_infer": { "count": n, "ns": 0 },
-                    "compute_output": { "count": n, "ns": 0 },
+                    "compute_input": { "count": n, "ns": ns(|s| &s.batch_input_ns) },
+                    "compute_infer": { "count": n, "ns": ns(|s| &s.batch_infer_ns) },
+                    "compute_output": { "count": n, "ns": ns(|s| &s.batch_output_ns) },
                 })
             })
         })

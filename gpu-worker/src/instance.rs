@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model_repo::ModelConfig;
 use shm::mailbox::SelfWaker;
-use shm::stats::{ModelStats, model_stats};
+use shm::stats::{ModelStats, Stage, model_stats, stage_histogram};
 use shm::tensor::{self, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Status};
 
@@ -82,7 +82,8 @@ fn run_batch(
     let start = Instant::now();
     let now_ns = shm::now_ns();
     let rows: u32 = batch.iter().map(|p| p.rows).sum();
-    let queued_ns: u64 = batch.iter().map(|p| now_ns.saturating_sub(p.arrived_ns)).sum();
+    let queued: Vec<u64> = batch.iter().map(|p| now_ns.saturating_sub(p.arrived_ns)).collect();
+    let queued_ns: u64 = queued.iter().sum();
     let batched = inst.config.max_batch_size > 0;
     // Gather: item inputs are contiguous tensors in their slots; stack them.
     let mut shapes: Vec<Vec<i64>> = Vec::new();
@@ -138,15 +139,30 @@ fn run_batch(
     }
     if let Some(s) = stats {
         let infer_end = scattered.unwrap_or(end);
+        let ns = |d: Duration| d.as_nanos() as u64;
+        let (input_ns, infer_ns, output_ns) = (ns(gathered - start), ns(infer_end - gathered), ns(end - infer_end));
         s.add(&s.execution_count, 1);
         s.add(&s.inference_count, rows as u64);
-        s.record_batch(rows as usize);
-        s.add(&s.compute_input_ns, (gathered - start).as_nanos() as u64);
-        s.add(&s.compute_infer_ns, (infer_end - gathered).as_nanos() as u64);
-        s.add(&s.compute_output_ns, (end - infer_end).as_nanos() as u64);
+        s.record_batch(rows as usize, input_ns, infer_ns, output_ns);
+        s.add(&s.compute_input_ns, input_ns);
+        s.add(&s.compute_infer_ns, infer_ns);
+        s.add(&s.compute_output_ns, output_ns);
         s.add(&s.queue_ns, queued_ns);
         s.add(&s.failure_count, failed);
-        s.add(&s.success_count, (items_total as u64).saturating_sub(failed));
+        let succeeded = (items_total as u64).saturating_sub(failed);
+        s.add(&s.success_count, succeeded);
+        // Triton's success time: arrival at this worker to the batch's end.
+        s.add(&s.success_ns, succeeded * ns(end - start) + queued_ns * succeeded / items_total.max(1) as u64);
+        let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        s.last_inference_ms.store(wall_ms as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(h) = stage_histogram(inst.replies.pool.region(), inst.model_index as u16, Stage::Queue) {
+        for &q in &queued {
+            h.observe_ns(q);
+        }
+    }
+    if let Some(h) = stage_histogram(inst.replies.pool.region(), inst.model_index as u16, Stage::Compute) {
+        h.observe(end - start);
     }
 }
 

@@ -144,6 +144,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     let mut next_wake: Option<u64> = None;
     let mut next_prune = 0u64;
     while !shutdown.load(Ordering::Acquire) {
+        region.beat(me);
         let now = shm::now_ns();
         let timeout = match next_wake {
             Some(t) if t > now => Duration::from_nanos(t - now).min(Duration::from_millis(500)),
@@ -186,6 +187,7 @@ fn load_model(
     let err = |source| WorkerError::Backend { model: model.name.clone(), source };
     use crate::backend::Backend as _;
     let mut instances = Vec::new();
+    let load_started = std::time::Instant::now();
     for k in 0..model.config.instances as usize {
         let (tx, rx) = mpsc::channel();
         let inst = Instance {
@@ -227,6 +229,10 @@ fn load_model(
             .map_err(err)?;
         tracing::info!("loaded {} instance {k} in {took:?}: {description}", model.name);
         instances.push(tx);
+    }
+    if let Some(s) = shm::stats::model_stats(replies.pool.region(), cfg.index, mi as u16) {
+        let ns = load_started.elapsed().as_nanos() as u64;
+        s.load_duration_ns.store(ns, Ordering::Relaxed);
     }
     Ok(ModelRt {
         state: BatchState::new(),

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use model_repo::{DType, Model, Repository};
 use shm::desc::FLAG_POSTPROCESS;
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
+use shm::stats::Stage;
 use shm::tensor::{self, TensorSpec};
 use shm::{Descriptor, Inbox, Kind, Outbox, ProcId, ShmError, Slot, SlotPool, Status};
 
@@ -107,6 +108,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     on_ready();
     let mut next_sweep = shm::now_ns();
     while !shutdown.load(Ordering::Acquire) {
+        region.beat(me);
         // Wake up now and then while pipeline requests wait, to time them out.
         let wait = if engine.active() > 0 { Duration::from_millis(50) } else { Duration::from_millis(500) };
         if let Some((from, d)) = inbox.recv(Some(wait), cfg.spin) {
@@ -207,15 +209,20 @@ impl Worker {
             let dst = &mut out.as_mut_slice()[data.start + i * per_image..data.start + (i + 1) * per_image];
             let (limits, dct, decoded, scratch) =
                 (&self.limits, self.dct_scaling, &mut self.decoded, &mut self.scratch);
-            contain(|| {
+            let started = Instant::now();
+            let (decode_took, preprocess_took) = contain(|| {
                 let info = image::probe(bytes, limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
                 let scale_to = dct.then(|| preprocess::source_size_needed(pre, info.width, info.height));
                 let (w, h) = image::decode_into(bytes, &info, scale_to, decoded)
                     .map_err(|e| Failure::input(format!("{which}{e}")))?;
+                let decoded_at = Instant::now();
                 preprocess::preprocess_into((w, h, decoded), pre, dtype, dst, scratch)
-                    .map_err(|e| Failure::internal(format!("{which}{e}")))
+                    .map_err(|e| Failure::internal(format!("{which}{e}")))?;
+                Ok::<_, Failure>((decoded_at - started, decoded_at.elapsed()))
             })
             .map_err(|panic| Failure::input(format!("{which}the image could not be decoded: {panic}")))??;
+            self.observe(d.model, Stage::Decode, decode_took);
+            self.observe(d.model, Stage::Preprocess, preprocess_took);
         }
         drop(input);
         let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();
@@ -247,6 +254,7 @@ impl Worker {
 
     /// Model outputs → the post-processed JSON answer for the frontend.
     fn on_outputs(&mut self, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
+        let started = Instant::now();
         let mut slot = self.pool.adopt(from, self.me, d)?;
         let model = self.model(d.model)?;
         let Some(post) = model.config.postprocess.as_ref() else {
@@ -278,7 +286,15 @@ impl Worker {
         slot.as_mut_slice()[..json.len()].copy_from_slice(&json);
         let reply =
             Descriptor { kind: Kind::Response as u8, offset: 0, len: json.len() as u32, sent_ns: shm::now_ns(), ..*d };
+        self.observe(d.model, Stage::Postprocess, started.elapsed());
         send_slot(&self.frontend, reply, slot)
+    }
+
+    /// Adds a stage's time to the model's histogram in shared memory.
+    fn observe(&self, model: u16, stage: Stage, took: Duration) {
+        if let Some(h) = shm::stats::stage_histogram(self.pool.region(), model, stage) {
+            h.observe(took);
+        }
     }
 
     /// Tells the frontend that request `d` failed.

@@ -53,6 +53,12 @@ impl LaneRef {
     }
 }
 
+/// Entries waiting in `lane` (published, not yet consumed), read by an
+/// observer that is neither end: for metrics. A corrupt lane reads as 0.
+pub fn occupancy(region: &Arc<Region>, lane: usize) -> usize {
+    LaneRef::new(region.clone(), lane).occupancy().unwrap_or(0) as usize
+}
+
 /// The sending end of a lane. Exactly one per lane may exist at a time across
 /// all processes (the lane's owner, by topology).
 pub struct Producer {

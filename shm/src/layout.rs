@@ -153,6 +153,8 @@ pub struct Layout {
     pub lanes: usize,
     pub stats_offset: usize,
     pub step_stats_offset: usize,
+    /// Stage histograms: `models x STAGES` of them.
+    pub hist_offset: usize,
     pub slot_meta_offset: usize,
     /// Per class: (first global slot index, data offset of its first slot).
     pub class_starts: Vec<(u32, usize)>,
@@ -195,7 +197,9 @@ impl Layout {
         let stats_len = p.gpus as usize * p.models as usize * crate::stats::MODEL_STATS_LEN;
         let step_stats_offset = align_up(stats_offset + stats_len, 64);
         let step_stats_len = p.models as usize * crate::stats::STEP_STATS_LEN;
-        let slot_meta_offset = align_up(step_stats_offset + step_stats_len, 64);
+        let hist_offset = align_up(step_stats_offset + step_stats_len, 64);
+        let hist_len = p.models as usize * crate::stats::STAGE_HIST_LEN;
+        let slot_meta_offset = align_up(hist_offset + hist_len, 64);
         let mut total_slots: u64 = 0;
         for i in 0..p.classes as usize {
             let size = p.class_sizes[i] as usize;
@@ -235,6 +239,7 @@ impl Layout {
             lanes,
             stats_offset,
             step_stats_offset,
+            hist_offset,
             slot_meta_offset,
             class_starts,
             total_slots: total_slots as u32,

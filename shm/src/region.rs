@@ -13,7 +13,7 @@ use crate::{ProcId, ShmError};
 /// "HSERVE" plus two format bytes, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HSERVE\x00\x01");
 /// Bumped whenever the layout or a cross-process record changes shape.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -39,6 +39,9 @@ pub struct ProcEntry {
     /// Bumped by the supervisor each time the process is replaced.
     pub generation: AtomicU32,
     pub restarts: AtomicU32,
+    /// [`crate::now_ns`] of the process's last main-loop turn (see
+    /// [`Region::beat`]); the supervisor's watchdog reads it.
+    pub heartbeat_ns: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<ProcEntry>() <= PROC_ENTRY);
@@ -213,6 +216,21 @@ impl Region {
 
     pub fn proc_state(&self, p: ProcId) -> ProcState {
         self.proc(p).map(|e| ProcState::from_u32(e.state.load(Ordering::Acquire))).unwrap_or(ProcState::Down)
+    }
+
+    /// Records that `p`'s main loop is turning. Each worker calls it at least
+    /// twice a second, so a stale heartbeat means a hung (or stopped) process.
+    pub fn beat(&self, p: ProcId) {
+        if let Some(e) = self.proc(p) {
+            // Relaxed: an independent timestamp, read only by the watchdog.
+            e.heartbeat_ns.store(crate::now_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// Nanoseconds since `p` last called [`Region::beat`] (`None` if it never did).
+    pub fn heartbeat_age_ns(&self, p: ProcId) -> Option<u64> {
+        let last = self.proc(p)?.heartbeat_ns.load(Ordering::Relaxed);
+        (last != 0).then(|| crate::now_ns().saturating_sub(last))
     }
 
     pub fn set_proc_state(&self, p: ProcId, state: ProcState) {

@@ -1,6 +1,7 @@
-//! Per-model counters in shared memory. Inference workers add to them; the
-//! frontend reads them for the statistics endpoints without asking anyone, so
-//! scraping never slows inference.
+//! Per-model counters and latency histograms in shared memory. Workers add
+//! to them with relaxed atomic adds; the frontend reads them for `/metrics`
+//! and the statistics endpoints without asking anyone, so scraping never
+//! slows inference.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,7 +37,14 @@ pub struct ModelStats {
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
     /// Requests the batcher skipped because their client went away.
     pub cancel_count: AtomicU64,
-    _pad: [u64; 2],
+    /// How long loading the model took on this worker (last load).
+    pub load_duration_ns: AtomicU64,
+    /// Per batch size (indexed like `batch_sizes`): time gathering inputs,
+    /// running the backend and scattering outputs.
+    pub batch_input_ns: [AtomicU64; BATCH_BUCKETS],
+    pub batch_infer_ns: [AtomicU64; BATCH_BUCKETS],
+    pub batch_output_ns: [AtomicU64; BATCH_BUCKETS],
+    _pad: [u64; 6],
 }
 
 pub const MODEL_STATS_LEN: usize = std::mem::size_of::<ModelStats>();
@@ -49,8 +57,14 @@ impl ModelStats {
         counter.fetch_add(v, Ordering::Relaxed);
     }
 
-    pub fn record_batch(&self, rows: usize) {
-        self.batch_sizes[rows.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    /// Counts a batch of `rows` and its three phases.
+    pub fn record_batch(&self, rows: usize, input_ns: u64, infer_ns: u64, output_ns: u64) {
+        // Relaxed: independent counters read only for reporting.
+        let b = rows.min(BATCH_BUCKETS - 1);
+        self.batch_sizes[b].fetch_add(1, Ordering::Relaxed);
+        self.batch_input_ns[b].fetch_add(input_ns, Ordering::Relaxed);
+        self.batch_infer_ns[b].fetch_add(infer_ns, Ordering::Relaxed);
+        self.batch_output_ns[b].fetch_add(output_ns, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -101,4 +115,118 @@ pub fn model_stats(region: &Region, gpu: u16, model: u16) -> Option<&ModelStats>
     // SAFETY: in bounds (checked by ptr_at), 64-byte aligned by the layout, made
     // only of atomics (valid when zeroed), and borrowed no longer than `region`.
     Some(unsafe { &*(ptr as *const ModelStats) })
+}
+
+/// Upper bounds of the latency histogram buckets, in microseconds; a last
+/// bucket (+Inf) takes everything slower. 50 µs to 10 s, 1-2.5-5 steps.
+pub const LATENCY_BOUNDS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+pub const HIST_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// A latency histogram: counts per bucket (not cumulative) and the sum. Lives
+/// in shared memory (stage histograms written by workers) or on the heap.
+#[repr(C)]
+#[derive(Default)]
+pub struct Histogram {
+    pub buckets: [AtomicU64; HIST_BUCKETS],
+    pub sum_ns: AtomicU64,
+    _pad: u64,
+}
+
+pub const HISTOGRAM_LEN: usize = std::mem::size_of::<Histogram>();
+const _: () = assert!(HISTOGRAM_LEN.is_multiple_of(16));
+
+impl Histogram {
+    pub fn observe_ns(&self, ns: u64) {
+        let us = ns.div_ceil(1000);
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        // Relaxed: independent counters read only for reporting.
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        self.observe_ns(d.as_nanos().min(u64::MAX as u128) as u64);
+    }
+
+    /// Adds this histogram's counts to `into` (buckets, sum in ns).
+    pub fn add_to(&self, into: &mut ([u64; HIST_BUCKETS], u64)) {
+        for (acc, b) in into.0.iter_mut().zip(&self.buckets) {
+            *acc += b.load(Ordering::Relaxed);
+        }
+        into.1 += self.sum_ns.load(Ordering::Relaxed);
+    }
+}
+
+/// The stages of a request that workers time, each a histogram per model in
+/// shared memory (the frontend keeps `receive` and `total` itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Stage {
+    /// Image decode in a preproc worker.
+    Decode = 0,
+    /// Resize, normalize and layout into the model's input tensor.
+    Preprocess = 1,
+    /// Waiting in the batcher, from arrival at the inference worker to its
+    /// batch starting.
+    Queue = 2,
+    /// One batch's compute (gather, backend run, scatter); observed per batch.
+    Compute = 3,
+    /// Turning outputs into the answer (classification JSON, pipeline steps
+    /// after the model).
+    Postprocess = 4,
+}
+
+pub const STAGES: usize = 5;
+
+impl Stage {
+    pub const ALL: [Stage; STAGES] =
+        [Stage::Decode, Stage::Preprocess, Stage::Queue, Stage::Compute, Stage::Postprocess];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Preprocess => "preprocess",
+            Stage::Queue => "queue",
+            Stage::Compute => "compute",
+            Stage::Postprocess => "postprocess",
+        }
+    }
+}
+
+pub const STAGE_HIST_LEN: usize = HISTOGRAM_LEN * STAGES;
+
+/// The histogram of `stage` for `model`, shared by every worker.
+pub fn stage_histogram(region: &Region, model: u16, stage: Stage) -> Option<&Histogram> {
+    if model as u32 >= region.layout().params.models {
+        return None;
+    }
+    let off = region.layout().hist_offset + model as usize * STAGE_HIST_LEN + stage as usize * HISTOGRAM_LEN;
+    let ptr = region.ptr_at(off, HISTOGRAM_LEN);
+    // SAFETY: in bounds (checked by ptr_at), 8-byte aligned by the layout, made
+    // only of atomics (valid when zeroed), and borrowed no longer than `region`.
+    Some(unsafe { &*(ptr as *const Histogram) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds() {
+        let h = Histogram::default();
+        h.observe_ns(50_000); // exactly 50 µs: the first bucket
+        h.observe_ns(50_001); // just over: the second
+        h.observe_ns(3_000_000); // 3 ms: le 5 ms
+        h.observe_ns(60_000_000_000); // a minute: +Inf
+        let mut acc = ([0u64; HIST_BUCKETS], 0);
+        h.add_to(&mut acc);
+        assert_eq!(acc.0[0], 1);
+        assert_eq!(acc.0[1], 1);
+        assert_eq!(acc.0[LATENCY_BOUNDS_US.iter().position(|&b| b == 5_000).unwrap()], 1);
+        assert_eq!(acc.0[HIST_BUCKETS - 1], 1);
+        assert_eq!(acc.1, 50_000 + 50_001 + 3_000_000 + 60_000_000_000);
+    }
 }

@@ -38,6 +38,45 @@ pub fn model_metadata(model: &Model) -> Vec<u8> {
     meta.to_string().into_bytes()
 }
 
+/// `GET /v2/models/{name}/config` (the model configuration extension), in
+/// Triton's JSON form so perf_analyzer and tritonclient read it: `dims`
+/// without the batch dimension, `data_type` as `TYPE_*`. The repository's own
+/// config follows under `highserve`.
+pub fn model_config(model: &Model) -> Vec<u8> {
+    let c = &model.config;
+    let tensors = |list: &[TensorConfig]| -> Vec<Value> {
+        list.iter()
+            .map(|t| json!({"name": t.name, "data_type": format!("TYPE_{}", triton_type(t.datatype.name())), "dims": t.dims}))
+            .collect()
+    };
+    let mut cfg = json!({
+        "name": model.name,
+        "platform": c.platform(),
+        "backend": if c.pipeline.is_some() { "pipeline" } else { "onnxruntime" },
+        "version_policy": { "latest": { "num_versions": 1 } },
+        "max_batch_size": c.max_batch_size,
+        "input": tensors(&c.inputs),
+        "output": tensors(&c.outputs),
+        "instance_group": [{ "name": model.name, "kind": "KIND_CPU", "count": c.instances }],
+        "highserve": c,
+    });
+    if let Some(d) = &c.dynamic_batching {
+        cfg["dynamic_batching"] = json!({
+            "preferred_batch_size": d.preferred_batch_size,
+            "max_queue_delay_microseconds": d.max_queue_delay_microseconds,
+        });
+    }
+    cfg.to_string().into_bytes()
+}
+
+/// Triton's config names for the v2 datatypes (`FP32` → `FP32`, `BYTES` → `STRING`).
+fn triton_type(v2: &str) -> &str {
+    match v2 {
+        "BYTES" => "STRING",
+        t => t,
+    }
+}
+
 /// The body of any error response; tritonclient raises
 /// `InferenceServerException` with `error` as its message.
 pub fn error_body(msg: &str) -> Vec<u8> {

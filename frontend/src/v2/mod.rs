@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use model_repo::{DType, Model};
 
-pub use metadata::{error_body, model_metadata, server_metadata};
+pub use metadata::{error_body, model_config, model_metadata, server_metadata};
 pub use parse::parse_infer;
 pub use raw::parse_raw;
 pub use render::render_infer;

@@ -273,9 +273,15 @@ impl Engine {
 /// decode, counted in the last slot).
 fn record(io: &Io, def: &Def, step: usize, started: Instant) {
     let region = io.pool.region();
+    let took = started.elapsed();
     if let Some(stats) = step_stats(region, def.index) {
         let i = step.min(MAX_STEPS - 1);
-        stats[i].record(started.elapsed().as_nanos() as u64);
+        stats[i].record(took.as_nanos() as u64);
+    }
+    if step == usize::MAX
+        && let Some(h) = shm::stats::stage_histogram(region, def.index, shm::stats::Stage::Decode)
+    {
+        h.observe(took);
     }
 }
 
