@@ -39,9 +39,19 @@ pub struct Args {
 }
 
 struct Tally {
+    /// Latency of every answer, whatever its status.
     hist: Histogram<u64>,
+    /// Latency of 2xx answers only (under overload, 429s come back at once).
+    ok_hist: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        let h = || Histogram::new(3).expect("3 significant digits is valid");
+        Tally { hist: h(), ok_hist: h(), statuses: BTreeMap::new(), errors: 0 }
+    }
 }
 
 fn content_type(args: &Args) -> String {
@@ -84,9 +94,10 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         }
         anyhow::Ok(out)
     })?;
-    let mut total = Tally { hist: Histogram::new(3)?, statuses: BTreeMap::new(), errors: 0 };
+    let mut total = Tally::new();
     for t in tallies {
         total.hist.add(&t.hist)?;
+        total.ok_hist.add(&t.ok_hist)?;
         for (s, n) in t.statuses {
             *total.statuses.entry(s).or_default() += n;
         }
@@ -104,8 +115,7 @@ async fn connection(
     warm_until: Instant,
     stop: Instant,
 ) -> Tally {
-    let mut t =
-        Tally { hist: Histogram::new(3).expect("3 significant digits is valid"), statuses: BTreeMap::new(), errors: 0 };
+    let mut t = Tally::new();
     while Instant::now() < stop {
         let Ok(stream) = tokio::net::TcpStream::connect((host, port)).await else {
             t.errors += 1;
@@ -137,7 +147,11 @@ async fn connection(
             match result {
                 Ok(status) if measured => {
                     *t.statuses.entry(status).or_default() += 1;
-                    let _ = t.hist.record((done - sent).as_micros() as u64);
+                    let us = (done - sent).as_micros() as u64;
+                    let _ = t.hist.record(us);
+                    if (200..300).contains(&status) {
+                        let _ = t.ok_hist.record(us);
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -169,12 +183,22 @@ fn report(args: &Args, t: &Tally) -> anyhow::Result<()> {
     );
     let statuses: Vec<String> = t.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!("  statuses  {}", statuses.join(", "));
+    let ok_ms = |q: f64| t.ok_hist.value_at_quantile(q) as f64 / 1000.0;
+    if ok < n {
+        println!(
+            "  2xx only  {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            ok as f64 / args.duration,
+            ok_ms(0.5),
+            ok_ms(0.99)
+        );
+    }
     if let Some(path) = &args.json {
         let v = serde_json::json!({
             "url": args.url, "file": args.file, "concurrency": args.concurrency, "duration_s": args.duration,
             "requests": n, "ok": ok, "req_per_s": rps, "connection_errors": t.errors,
             "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
             "max_ms": t.hist.max() as f64 / 1000.0, "statuses": t.statuses,
+            "ok_per_s": ok as f64 / args.duration, "ok_p50_ms": ok_ms(0.5), "ok_p99_ms": ok_ms(0.99),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
     }

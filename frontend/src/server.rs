@@ -167,7 +167,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // Bounds a client that dribbles its headers (slowloris).
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true).max_buf_size(64 << 10);
     tokio::pin!(stop);
     let deadline = loop {
         tokio::select! {
