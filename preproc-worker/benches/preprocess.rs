@@ -3,7 +3,8 @@
 //! for an ImageNet-style 224x224 centre crop and a PaddleOCR-style 3x48x192
 //! text line, both written as FP32 NCHW.
 //!
-//! `cargo bench -p preproc-worker --bench preprocess`
+//! `cargo bench -p preproc-worker --bench preprocess` (another JPEG with
+//! `HIGHSERVE_BENCH_IMAGE=path`)
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -43,7 +44,11 @@ fn measure(name: &str, mut f: impl FnMut()) {
 }
 
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/testdata/photo_1280x720.jpg");
+    // Another image with HIGHSERVE_BENCH_IMAGE (scripts/perf_doc measures
+    // both test photos).
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/testdata/photo_1280x720.jpg");
+    let path = std::env::var("HIGHSERVE_BENCH_IMAGE").unwrap_or_else(|_| default.to_string());
+    let path = path.as_str();
     let Ok(jpeg) = std::fs::read(path) else {
         eprintln!("{path} is missing: run ./scripts/fetch --test");
         std::process::exit(1);

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Makes a ResNet-50-shaped ONNX model with seeded random weights, and the
+benchmark model repository that serves it next to ppocr_cls.
+
+usage: scripts/make_resnet50.py [--repository DIR] [--check] [--force]
+
+The model is the standard ResNet-50 v1.5 topology (torchvision's resnet50:
+7x7/2 stem, 3x3/2 max pool, bottleneck stages of 3, 4, 6 and 3 blocks with
+the stride on the 3x3 convolution, global average pool, 2048 -> 1000 fully
+connected), 25.6 M parameters, about 4.1 GFLOPs per 224x224 image, with
+BatchNorm folded into the convolutions (conv + bias, as a deployed model
+looks after ONNX Runtime's own folding). ONNX opset 17, IR version 8:
+
+  input   `input`  FP32 [N, 3, 224, 224]  (N dynamic)
+  output  `logits` FP32 [N, 1000]
+
+Weights come from numpy's RandomState(0): He-normal (std sqrt(2 / fan_in))
+for every convolution, the last convolution of each residual branch scaled
+by 0.2 (as zero-init-gamma training would leave it, small) so that the
+activations stay bounded through 16 residual additions, small random
+biases, and an FC layer with std sqrt(1 / 2048). The answers mean nothing;
+the cost of computing them is ResNet-50's. The file is byte-for-byte the
+same on every run (its sha256 is printed).
+
+It writes the benchmark repository (default .cache/models-bench, git-ignored),
+kept apart from models/ so the daemon's default repository, what it loads by
+default and the test suite are unchanged:
+
+  .cache/models-bench/
+    resnet50/config.toml       (CONFIG below)
+    resnet50/1/model.onnx
+    ppocr_cls -> ../../models/ppocr_cls   (a symlink; scripts/fetch fetches it)
+
+and serves it with `highserve serve --models .cache/models-bench --load
+resnet50` (or `--load ppocr_cls`). With --check it then runs the model in
+onnxruntime at batch 1 and 8 and checks the shapes and that the logits are
+finite and of sane size. Runs with the peers' venv (.cache/venv-peers, made
+by scripts/side_by_side), starting itself with that venv's Python when the
+`onnx` package is not importable here.
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PY = ROOT / ".cache" / "venv-peers" / "bin" / "python"
+DEFAULT_REPOSITORY = ROOT / ".cache" / "models-bench"
+
+# The highserve model configuration (docs/model-repository.md). Two
+# instances with one intra-op thread each: on a 2-core machine both cores
+# compute batches at once, the same 2 sessions x 1 thread the peers get.
+# Batches of at most 8: on CPU, ONNX Runtime's cost per ResNet-50 image is
+# about the same at batch 1 as at 16, so large batches buy nothing, and with
+# 16 requests in flight a batch of 16 would leave the second instance idle.
+CONFIG = """\
+# ResNet-50 v1.5 shape with seeded random weights (scripts/make_resnet50.py):
+# the cost of ResNet-50 for the side-by-side benchmark (scripts/side_by_side).
+max_batch_size = 8
+instances = 2
+intra_op_threads = 1
+
+[dynamic_batching]
+max_queue_delay_microseconds = 2000
+preferred_batch_size = [4, 8]
+
+[[input]]
+name = "input"
+datatype = "FP32"
+dims = [3, 224, 224]
+
+[[output]]
+name = "logits"
+datatype = "FP32"
+dims = [1000]
+
+# ImageNet normalization, RGB, NCHW; the whole image stretched to 224x224.
+[preprocess]
+resize = "stretch"
+width = 224
+height = 224
+channel_order = "RGB"
+layout = "NCHW"
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+
+[postprocess]
+kind = "classification"
+top_k = 5
+softmax = true
+"""
+
+
+def ensure_python():
+    try:
+        import onnx  # noqa: F401
+        import numpy  # noqa: F401
+    except ImportError:
+        if VENV_PY.exists() and Path(sys.prefix).resolve() != VENV_PY.parent.parent.resolve():
+            os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])
+        sys.exit("make_resnet50: needs the onnx and numpy packages: run scripts/side_by_side "
+                 "(it makes .cache/venv-peers) or pip install -r scripts/requirements-peers.txt")
+
+
+def build():
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.RandomState(0)
+    nodes, inits = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def conv(x, name, cin, cout, k, stride, relu, gain=1.0):
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k)) * gain
+        b = rng.standard_normal(cout) * 0.01
+        y = f"{name}.out"
+        nodes.append(helper.make_node(
+            "Conv", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], [y], name=name,
+            kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4))
+        if relu:
+            nodes.append(helper.make_node("Relu", [y], [f"{name}.relu"], name=f"{name}.relu"))
+            return f"{name}.relu"
+        return y
+
+    x = conv("input", "conv1", 3, 64, 7, 2, relu=True)
+    nodes.append(helper.make_node("MaxPool", [x], ["maxpool.out"], name="maxpool",
+                                  kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    x, cin = "maxpool.out", 64
+    for stage, (width, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 1):
+        for b in range(blocks):
+            p = f"layer{stage}.{b}"
+            s = stride if b == 0 else 1
+            cout = width * 4
+            y = conv(x, f"{p}.conv1", cin, width, 1, 1, relu=True)
+            y = conv(y, f"{p}.conv2", width, width, 3, s, relu=True)  # v1.5: stride on the 3x3
+            y = conv(y, f"{p}.conv3", width, cout, 1, 1, relu=False, gain=0.2)
+            short = conv(x, f"{p}.downsample", cin, cout, 1, s, relu=False) if b == 0 else x
+            nodes.append(helper.make_node("Add", [y, short], [f"{p}.add"], name=f"{p}.add"))
+            nodes.append(helper.make_node("Relu", [f"{p}.add"], [f"{p}.out"], name=f"{p}.relu"))
+            x, cin = f"{p}.out", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool.out"], name="avgpool"))
+    nodes.append(helper.make_node("Flatten", ["avgpool.out"], ["flatten.out"], name="flatten", axis=1))
+    fc_w = const("fc.weight", rng.standard_normal((1000, 2048)) * np.sqrt(1.0 / 2048))
+    fc_b = const("fc.bias", rng.standard_normal(1000) * 0.01)
+    nodes.append(helper.make_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], name="fc", transB=1))
+
+    graph = helper.make_graph(
+        nodes, "resnet50",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="highserve scripts/make_resnet50.py", producer_version="1")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    params = sum(int(np.prod(t.dims)) for t in inits)
+    return model.SerializeToString(deterministic=True), params
+
+
+def check(path):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    (i,), (o,) = sess.get_inputs(), sess.get_outputs()
+    assert (i.name, o.name) == ("input", "logits"), (i.name, o.name)
+    rng = np.random.RandomState(1)
+    for n in (1, 8):
+        # ImageNet-normalized noise: about what a real photo becomes.
+        x = rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+        y = sess.run(["logits"], {"input": x})[0]
+        assert y.shape == (n, 1000) and y.dtype == np.float32, (y.shape, y.dtype)
+        assert np.isfinite(y).all(), "non-finite logits"
+        std = float(y.std())
+        assert 1e-3 < std < 1e3, f"logits std {std}: activations blew up or vanished"
+        print(f"make_resnet50: onnxruntime {ort.__version__} batch {n}: logits {y.shape}, "
+              f"std {std:.3f}, top-1 of row 0: {int(y[0].argmax())}", file=sys.stderr)
+
+
+def link_ppocr_cls(repo):
+    src = ROOT / "models" / "ppocr_cls"
+    link = repo / "ppocr_cls"
+    target = os.path.relpath(src, repo)
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    if not (src / "1" / "model.onnx").exists():
+        print("make_resnet50: models/ppocr_cls/1/model.onnx is missing: run scripts/fetch", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                    help="benchmark model repository (default .cache/models-bench)")
+    ap.add_argument("--check", action="store_true", help="run it in onnxruntime at batch 1 and 8")
+    ap.add_argument("--force", action="store_true", help="rebuild the model even if it is there")
+    args = ap.parse_args()
+    ensure_python()
+    repo = args.repository.resolve()
+    model_dir = repo / "resnet50"
+    dest = model_dir / "1" / "model.onnx"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.toml").write_text(CONFIG)
+    link_ppocr_cls(repo)
+    if args.force or not dest.exists():
+        data, params = build()
+        tmp = dest.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+        print(f"make_resnet50: {params / 1e6:.2f} M parameters, {len(data) / 2**20:.1f} MiB", file=sys.stderr)
+    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+    print(f"make_resnet50: {dest} sha256 {digest}", file=sys.stderr)
+    print(digest)
+    if args.check:
+        check(dest)
+
+
+if __name__ == "__main__":
+    main()
