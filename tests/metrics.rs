@@ -58,11 +58,25 @@ fn metrics_follow_the_requests() {
     }
     assert_eq!(d.post(CLS, &jpeg, b"not a jpeg at all").status, 400);
 
-    let r = d.get("/metrics");
+    let l = "model=\"ppocr_cls\",version=\"1\"";
+    // The inference worker adds a batch's counters just after answering it:
+    // wait (bounded) until the last batch is counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (r, m) = loop {
+        let r = d.get("/metrics");
+        let m = parse(&r.text());
+        let get = |k: String| m.get(&k).copied();
+        let counted = get(format!("nv_inference_count{{{l}}}")) == Some(3.0)
+            && get(format!("highserve_stage_duration_seconds_count{{{l},stage=\"queue\"}}")) == Some(3.0)
+            && get(format!("highserve_stage_duration_seconds_count{{{l},stage=\"compute\"}}"))
+                == get(format!("nv_inference_exec_count{{{l}}}"));
+        if counted || std::time::Instant::now() > deadline {
+            break (r, m);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
-    let m = parse(&r.text());
-    let l = "model=\"ppocr_cls\",version=\"1\"";
     assert_eq!(get(&m, &format!("nv_inference_request_success{{{l}}}")), 3.0);
     assert_eq!(get(&m, &format!("nv_inference_request_failure{{{l},reason=\"OTHER\"}}")), 1.0);
     assert_eq!(get(&m, &format!("nv_inference_request_failure{{{l},reason=\"REJECTED\"}}")), 0.0);
@@ -128,7 +142,15 @@ fn statistics_and_configuration_extensions() {
     for _ in 0..2 {
         assert_eq!(d.post(CLS, &[("Content-Type", "image/jpeg")], &img).status, 200);
     }
-    let s = d.get("/v2/models/ppocr_cls/stats").json();
+    // Counters are added just after a batch's answers go out: wait (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        let s = d.get("/v2/models/ppocr_cls/stats").json();
+        if s["model_stats"][0]["inference_count"] == 2 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let st = &s["model_stats"][0];
     assert_eq!(st["inference_count"], 2);
     assert!(st["inference_stats"]["success"]["ns"].as_u64().unwrap() > 0);
