@@ -155,12 +155,7 @@ fn model_labels(name: &str, version: u64) -> String {
     format!("model=\"{name}\",version=\"{version}\"")
 }
 
-/// Sums a counter of `model` over every inference worker.
-fn sum_stats(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
-    let region = state.dispatch.region();
-    let gpus = region.layout().topology().gpus;
-    (0..gpus).filter_map(|g| shm::stats::model_stats(region, g, model)).map(f).sum()
-}
+use crate::stats::sum as sum_stats;
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)

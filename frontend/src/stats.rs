@@ -8,7 +8,8 @@ use shm::stats::{BATCH_BUCKETS, ModelStats, model_stats};
 use crate::error::ApiError;
 use crate::server::State;
 
-fn sum(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
+/// Sums a counter of `model` over every inference worker.
+pub(crate) fn sum(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
     let region = state.dispatch.region();
     let gpus = region.layout().topology().gpus;
     (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
