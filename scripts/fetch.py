@@ -7,7 +7,9 @@
     models/<name>/1/model.onnx, with the package's license notice
   - with --test: a Python venv for the client tests (.cache/venv), the test
     images (.cache/testdata/) and the OCR test set (.cache/ocrset/: images and
-    manifest.json, from scripts/make_ocr_testset.py)
+    manifest.json, from scripts/make_ocr_testset.py), and NVRTC (from PyPI's
+    nvidia-cuda-nvrtc wheel, CUDA 13.0) into .cache/cuda/lib/ so the GPU
+    kernels' compile test runs on machines without CUDA
   - with --ref: a second venv, .cache/venv-ref, with the OCR reference
     (rapidocr-onnxruntime 1.4.4 and its pinned dependencies from
     scripts/requirements-ref.txt, installed with --no-deps) for
@@ -51,6 +53,15 @@ SKIMAGE = (
     "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
     "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641",
     ["--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"],
+)
+# NVRTC compiles CUDA C to PTX without a GPU; 13.0 matches the GPU hosts'
+# driver (580), so PTX it makes also loads there.
+NVRTC = (
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl",
+    "ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575",
+    ["--platform", "manylinux2010_x86_64", "--platform", "manylinux_2_12_x86_64", "--python-version", "3.12",
+     "--implementation", "py"],
 )
 MODELS = {
     "ppocr_det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
@@ -192,6 +203,19 @@ def fetch_ocrset(py):
     log(f"OCR test set in {out.relative_to(ROOT)}")
 
 
+def fetch_nvrtc():
+    out = CACHE / "cuda" / "lib"
+    names = ["libnvrtc.so.13", "libnvrtc-builtins.so.13.0"]
+    stamp = out / ".sha256"
+    if stamp.exists() and stamp.read_text().strip() == NVRTC[2] and all((out / n).exists() for n in names):
+        return
+    wheel = download(NVRTC)
+    for n in names:
+        extract(wheel, f"nvidia/cu13/lib/{n}", out / n)
+    stamp.write_text(NVRTC[2] + "\n")
+    log(f"NVRTC in {out.relative_to(ROOT)}")
+
+
 def fetch_ref_env():
     # rapidocr-onnxruntime requires the GUI opencv-python (libGL); the file pins
     # the whole closure with opencv-python-headless instead, so --no-deps.
@@ -221,6 +245,7 @@ def main():
         py = fetch_test_env()
         fetch_testdata(py)
         fetch_ocrset(py)
+        fetch_nvrtc()
     if args.ref:
         fetch_ref_env()
 

@@ -144,6 +144,7 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                 intra_op_threads: cfg.inference.intra_op_threads as usize,
                 max_concurrent_batches: cfg.inference.max_concurrent_batches as usize,
                 spin,
+                cuda_device: spec.cuda_device,
             };
             gpu_worker::run(gcfg, shutdown, || ready(None))?;
         }

@@ -95,6 +95,39 @@ pub struct Inference {
     pub intra_op_threads: u32,
     pub max_concurrent_batches: u32,
     pub workers: u32,
+    /// Where models run: `auto`, `gpu` or `cpu` (docs/gpu.md).
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// CUDA ordinals to use (one inference worker each); empty: all visible.
+    #[serde(default)]
+    pub devices: Vec<u32>,
+    /// Directories searched first for the CUDA libraries.
+    #[serde(default)]
+    pub cuda_library_path: Vec<PathBuf>,
+    /// The backend that runs models on a GPU.
+    #[serde(default)]
+    pub gpu_backend: GpuBackend,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The GPUs when CUDA and a GPU are found, else the CPU (with a warning
+    /// saying what was missing).
+    #[default]
+    Auto,
+    /// The GPUs; refuse to start (naming what is missing) without them.
+    Gpu,
+    /// The CPU, even where there is a GPU.
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum GpuBackend {
+    /// tract-cuda: kernels compiled by NVRTC, cuDNN convolutions, cuBLAS.
+    #[default]
+    #[serde(rename = "tract-cuda")]
+    TractCuda,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -185,6 +218,7 @@ impl Config {
         cfg.apply(overrides);
         cfg.models.repository = tidy(base.join(&cfg.models.repository));
         cfg.inference.onnxruntime_library = tidy(base.join(&cfg.inference.onnxruntime_library));
+        cfg.inference.cuda_library_path = cfg.inference.cuda_library_path.iter().map(|p| tidy(base.join(p))).collect();
         cfg.validate()?;
         Ok(cfg)
     }

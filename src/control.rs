@@ -44,6 +44,10 @@ pub struct ChildSpec {
     pub shm_fd: i32,
     pub efds: Vec<i32>,
     pub run_dir: Option<PathBuf>,
+    /// The GPU an inference worker drives (its CUDA_VISIBLE_DEVICES); None:
+    /// the CPU.
+    #[serde(default)]
+    pub cuda_device: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

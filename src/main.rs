@@ -10,6 +10,7 @@ mod child;
 mod config;
 mod control;
 mod notify;
+mod placement;
 mod restart;
 mod supervisor;
 mod telemetry;

@@ -51,6 +51,7 @@ pub struct Supervisor {
     efds: Vec<Arc<OwnedFd>>,
     children: HashMap<ProcId, Child>,
     topology: Topology,
+    placement: crate::placement::Placement,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     notifier: Option<Notifier>,
@@ -66,7 +67,8 @@ impl Supervisor {
     pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
         let load = (!cfg.models.load.is_empty()).then_some(cfg.models.load.as_slice());
         let repository = Repository::load(&cfg.models.repository, load)?;
-        let topology = Topology { gpus: cfg.inference.workers as u16, preprocs: cfg.preproc_workers() };
+        let placement = crate::placement::decide(&cfg.inference, &crate::placement::Probe::system(&cfg.inference))?;
+        let topology = Topology { gpus: placement.workers() as u16, preprocs: cfg.preproc_workers() };
         let params =
             LayoutParams::new(topology, repository.models.len(), cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
         let region = Arc::new(Region::create("highserve", &params)?);
@@ -104,7 +106,20 @@ impl Supervisor {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let notifier = Notifier::from_env();
-        Ok(Supervisor { cfg, repository, run_dir, region, efds, children, topology, tx, rx, notifier, unhealthy: None })
+        Ok(Supervisor {
+            cfg,
+            repository,
+            run_dir,
+            region,
+            efds,
+            children,
+            topology,
+            placement,
+            tx,
+            rx,
+            notifier,
+            unhealthy: None,
+        })
     }
 
     /// Start-up order: inference workers (models loaded), preproc pool, frontend.
@@ -133,6 +148,15 @@ impl Supervisor {
         for var in crate::notify::ENV {
             cmd.env_remove(var);
         }
+        let cuda_device = match role {
+            Role::Gpu(i) => self.placement.device(i),
+            _ => None,
+        };
+        if let (Some(d), crate::placement::Placement::Gpu { library_path, .. }) = (cuda_device, &self.placement) {
+            // The worker sees only its GPU (as ordinal 0) and finds the CUDA
+            // libraries by name, as cudarc and cuDNN look for them.
+            cmd.env("CUDA_VISIBLE_DEVICES", d.to_string()).env("LD_LIBRARY_PATH", library_path);
+        }
         let mut child = cmd.spawn().with_context(|| format!("cannot start the {} process", role.name()))?;
         drop(theirs);
         let pid = child.id();
@@ -155,6 +179,7 @@ impl Supervisor {
             shm_fd: self.region.fd().context("memfd region has an fd")?.as_raw_fd(),
             efds: self.efds.iter().map(|e| e.as_fd().as_raw_fd()).collect(),
             run_dir: self.run_dir.clone(),
+            cuda_device,
         };
         let mut line = serde_json::to_vec(&ToChild::Spec(Box::new(spec)))?;
         line.push(b'\n');

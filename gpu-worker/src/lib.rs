@@ -3,12 +3,20 @@
 //! per model and the backends that run batches. Backends run on their own OS
 //! threads and never on an async runtime; the scheduler thread never blocks on
 //! I/O or on a backend.
-#![forbid(unsafe_code)]
+//!
+//! `unsafe` is allowed only in [`cuda`] (STYLE.md).
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod batcher;
+#[allow(unsafe_code)]
+pub mod cuda;
+pub mod frame;
 mod instance;
 pub mod onnx;
+#[cfg(test)]
+mod test_util;
+pub mod tract;
 mod worker;
 
 pub use worker::{Config, WorkerError, run};

@@ -283,21 +283,12 @@ fn bytes_of<T: PrimitiveTensorElementType + NoUninit>(value: &DynValue) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use model_repo::ModelConfig;
 
     use super::*;
     use crate::backend::check_config;
-
-    fn repo_path(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-    }
-
-    fn need(path: &Path) -> &Path {
-        assert!(path.is_file(), "{} is missing; run `./scripts/fetch` from the repository root", path.display());
-        path
-    }
+    use crate::test_util::{need, noise, repo_path, run_f32};
 
     fn runtime() {
         init_runtime(need(&repo_path(".cache/onnxruntime/libonnxruntime.so"))).expect("ONNX Runtime loads");
@@ -313,36 +304,6 @@ mod tests {
         let path = repo_path(&format!("models/{model}/config.toml"));
         let text = std::fs::read_to_string(need(&path)).expect("config is readable");
         ModelConfig::parse(&text, &path.display().to_string()).expect("config parses")
-    }
-
-    /// Deterministic values in [-1, 1].
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// Runs one FP32 input and returns each output's shape and values.
-    fn run_f32(b: &mut OnnxBackend, shape: &[i64], data: &[f32]) -> Vec<(Vec<i64>, Vec<f32>)> {
-        let mut out = vec![(Vec::new(), Vec::new()); b.outputs().len()];
-        let input = TensorView { dtype: DType::F32, shape, data: bytemuck::cast_slice(data) };
-        b.run(&[input], &mut |views| {
-            for (i, v) in views.iter().enumerate() {
-                assert_eq!(v.dtype, DType::F32);
-                out[i] = (
-                    v.shape.to_vec(),
-                    v.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                );
-            }
-        })
-        .expect("inference runs");
-        out
     }
 
     const CLS_ROW: usize = 3 * 48 * 192;

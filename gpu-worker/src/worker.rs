@@ -21,6 +21,7 @@ use crate::backend::{self, BackendError};
 use crate::batcher::{BatchState, Limits, Next, Pending};
 use crate::instance::{self, Instance};
 use crate::onnx::{self, OnnxBackend, OnnxOptions};
+use crate::tract::{Target, TractBackend, TractOptions};
 use shm::cancel::Recent;
 
 /// What the inference worker needs to run.
@@ -36,6 +37,9 @@ pub struct Config {
     /// machine has cores, divided by `intra_op_threads`).
     pub max_concurrent_batches: usize,
     pub spin: Duration,
+    /// The GPU this worker drives (visible to it as CUDA ordinal 0 through
+    /// CUDA_VISIBLE_DEVICES); None: the CPU backends.
+    pub cuda_device: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,34 @@ pub enum WorkerError {
     Runtime(BackendError),
     #[error("cannot start a backend thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// The backend for one instance: on a GPU, tract-cuda (one CUDA stream per
+/// instance thread); on the CPU, the model's `backend`.
+fn open_backend(
+    file: &std::path::Path,
+    opts: &OnnxOptions,
+    config: &model_repo::ModelConfig,
+    on_gpu: bool,
+) -> Result<Box<dyn backend::Backend>, BackendError> {
+    let fp16 = config.precision == model_repo::Precision::Fp16;
+    let shapes: Vec<Vec<i64>> = config.inputs.iter().map(|t| config.full_shape(t)).collect();
+    let tract = |target, fp16| TractBackend::load(file, TractOptions { target, fp16 }, Some(&shapes));
+    Ok(match (on_gpu, config.backend.as_str()) {
+        (true, _) => Box::new(tract(Target::Cuda, fp16)?),
+        (false, "tract") => Box::new(tract(Target::Cpu, false)?),
+        (false, _) => Box::new(OnnxBackend::load(file, opts)?),
+    })
+}
+
+fn pin_region(device: u32, region: &Arc<shm::Region>) -> Result<crate::cuda::pinned::Pinned, WorkerError> {
+    let fail = |m: String| WorkerError::Runtime(BackendError::Run(format!("GPU {device}: {m}")));
+    // CUDA_VISIBLE_DEVICES leaves this worker's GPU as ordinal 0.
+    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| fail(e.to_string()))?;
+    let pinned = crate::cuda::pinned::Pinned::register(&ctx, region.clone())
+        .map_err(|e| fail(format!("cannot pin the shared-memory region: {e}")))?;
+    tracing::info!("GPU {device}: {} MiB of shared memory pinned", pinned.len() >> 20);
+    Ok(pinned)
 }
 
 /// One request waiting for, or in, a batch.
@@ -98,6 +130,12 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     onnx::init_runtime(&cfg.onnxruntime_library).map_err(WorkerError::Runtime)?;
     let me = cfg.wiring.me();
     let region = cfg.wiring.region().clone();
+    // On a GPU, page-lock the whole shared-memory region once, so copies
+    // between it and the device are DMA without a staging buffer.
+    let _pinned = match cfg.cuda_device {
+        Some(d) => Some(pin_region(d, &region)?),
+        None => None,
+    };
     let procs = region.layout().topology().procs();
     let replies = Arc::new(Replies {
         me,
@@ -125,6 +163,8 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     tracing::info!("inference worker up: {loaded} models loaded");
     on_ready();
     let budget = match cfg.max_concurrent_batches {
+        // On a GPU every instance (stream) may have a batch in flight.
+        0 if cfg.cuda_device.is_some() => models.iter().map(|m| m.instances.len()).sum::<usize>().max(1),
         0 => {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             (cores / cfg.intra_op_threads.max(1)).max(1)
@@ -184,8 +224,8 @@ fn load_model(
         spinning: false,
     };
     let file = model.file(model.latest());
+    let on_gpu = cfg.cuda_device.is_some();
     let err = |source| WorkerError::Backend { model: model.name.clone(), source };
-    use crate::backend::Backend as _;
     let mut instances = Vec::new();
     let load_started = std::time::Instant::now();
     for k in 0..model.config.instances as usize {
@@ -210,12 +250,12 @@ fn load_model(
             .name(format!("{}-{k}", model.name))
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let backend =
-                    OnnxBackend::load(&file, &opts).and_then(|b| backend::check_config(&b, &config).map(|()| b));
+                let backend = open_backend(&file, &opts, &config, on_gpu)
+                    .and_then(|b| backend::check_config(b.as_ref(), &config).map(|()| b));
                 match backend {
                     Ok(b) => {
                         let _ = loaded_tx.send(Ok((started.elapsed(), b.describe())));
-                        instance::run(inst, Box::new(b), rx);
+                        instance::run(inst, b, rx);
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));

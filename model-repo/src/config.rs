@@ -30,9 +30,15 @@ pub struct ModelConfig {
     /// Optional; when given it must equal the directory name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Execution backend. Only `"onnxruntime"` exists today.
+    /// The CPU backend: `"onnxruntime"` (default) or `"tract"`. On a GPU
+    /// every model runs on the daemon's `inference.gpu_backend` (tract-cuda).
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// Arithmetic on the GPU: `"fp32"` (default) or `"fp16"` (weights and
+    /// activations in half precision; inputs and outputs stay as declared).
+    /// The CPU backends compute in FP32 either way.
+    #[serde(default)]
+    pub precision: Precision,
     /// Largest batch the batcher forms. With `max_batch_size > 0` the model's
     /// first dimension is the batch and `dims` below leave it out (Triton's
     /// convention); 0 disables batching and `dims` are the full shape.
@@ -74,6 +80,15 @@ pub struct ModelConfig {
     /// file (no version directory needed).
     #[serde(default)]
     pub pipeline: Option<crate::Pipeline>,
+}
+
+/// See `ModelConfig::precision`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
 }
 
 fn default_backend() -> String {
@@ -279,8 +294,8 @@ impl ModelConfig {
         if let Some(p) = &self.pipeline {
             return self.validate_pipeline(p).or_else(bad);
         }
-        if self.backend != "onnxruntime" {
-            return bad(format!("backend `{}` is not available; accepted: onnxruntime", self.backend));
+        if self.backend != "onnxruntime" && self.backend != "tract" {
+            return bad(format!("backend `{}` is not available; accepted: onnxruntime, tract", self.backend));
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return bad("at least one [[input]] and one [[output]] are required".into());

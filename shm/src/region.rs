@@ -168,6 +168,13 @@ impl Region {
         self.len == 0
     }
 
+    /// The first byte of the mapping, for registering the whole region with
+    /// a device driver (CUDA pins it so copies go straight from the slots).
+    /// The address is valid for `len()` bytes while this `Region` lives.
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// The memfd behind the region (`None` for a heap region).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.mapping {

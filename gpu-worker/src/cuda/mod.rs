@@ -1,0 +1,13 @@
+//! Everything that talks to CUDA, and the only place in this crate allowed
+//! `unsafe` (STYLE.md): finding the libraries, probing devices, pinning the
+//! shared-memory mapping, and the preprocessing kernel. The binary links no
+//! CUDA library: cudarc loads them at run time, so this module builds and its
+//! CPU-side tests run on machines without CUDA, and every entry point that
+//! needs a library checks for it first and returns an error naming it
+//! (cudarc itself would panic).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod device;
+pub mod kernels;
+pub mod libs;
+pub mod pinned;

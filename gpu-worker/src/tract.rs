@@ -1,0 +1,447 @@
+//! The tract backend: the same ONNX files run by tract, on the GPU through
+//! `tract-cuda` (kernels compiled at start-up by NVRTC, convolutions by cuDNN,
+//! matrix products by cuBLAS) or on the CPU through tract's own runtime. The
+//! two share every line here but the runtime's name, so the CPU runtime's
+//! agreement with ONNX Runtime (tested on every machine) checks the loading,
+//! input and output handling the GPU path uses.
+//!
+//! Each instance is one OS thread; tract-cuda gives each thread its own CUDA
+//! stream, so `instances` is the number of streams a model runs on, and
+//! batches on different instances overlap (copies of one with kernels of
+//! another). FP16 (`precision = "fp16"`) converts the model's float weights
+//! and activations with tract's `f32_to_f16` transform; the model's inputs
+//! and outputs stay as the config declares them, cast on the way in and out.
+
+use std::path::Path;
+
+use shm::tensor::DType;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::{Runnable, Runtime, State, runtime_for_name};
+use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::backend::{Backend, BackendError, IoInfo, TensorView};
+
+/// Where tract runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Cpu,
+    Cuda,
+}
+
+impl Target {
+    fn runtime_name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+        }
+    }
+}
+
+/// Per-instance settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TractOptions {
+    pub target: Target,
+    pub fp16: bool,
+}
+
+/// Input shapes as the model's config declares them (full shapes, -1 for a
+/// dynamic dimension). tract plans better, and some exports only load at
+/// all, when the fixed dimensions are known.
+pub type InputShapes<'a> = Option<&'a [Vec<i64>]>;
+
+pub struct TractBackend {
+    /// The model with its input facts set (dynamic dimensions symbolic).
+    model: InferenceModel,
+    opts: TractOptions,
+    plans: Plans,
+    inputs: Vec<IoInfo>,
+    outputs: Vec<IoInfo>,
+    description: String,
+}
+
+/// A prepared model and the datum type it takes for each input (FP16 when
+/// converted).
+struct Plan {
+    state: Box<dyn State>,
+    input_types: Vec<DatumType>,
+}
+
+enum Plans {
+    /// One plan for every shape (the usual case).
+    Symbolic(Plan),
+    /// Some exports compute shapes in ways tract cannot keep symbolic (a
+    /// Shape cast to INT32, say); those get one plan per input shape, made
+    /// on first use and kept (the most recent `PER_SHAPE_PLANS`), as
+    /// TensorRT keeps one engine per optimization profile.
+    PerShape(Vec<(Vec<usize>, Plan)>),
+}
+
+const PER_SHAPE_PLANS: usize = 64;
+
+impl TractBackend {
+    pub fn load(model_file: &Path, opts: TractOptions, shapes: InputShapes<'_>) -> Result<TractBackend, BackendError> {
+        let path = model_file.display().to_string();
+        let fail = |message: String| BackendError::ModelLoad { path: path.clone(), message };
+        if !model_file.is_file() {
+            return Err(fail("no such file; `./scripts/fetch` downloads the bundled models".into()));
+        }
+        // Checked first: a missing GPU is the likeliest failure.
+        runtime(opts.target).map_err(&fail)?;
+        let mut model = tract_onnx::onnx().model_for_path(model_file).map_err(|e| fail(format!("{e:#}")))?;
+        name_dynamic_dims(&mut model, shapes).map_err(&fail)?;
+        let inputs = io_list(&model, &model.inputs, true).map_err(&fail)?;
+        let outputs = io_list(&model, &model.outputs, false).map_err(&fail)?;
+        let (plans, mode) = match prepare(&model, opts, None) {
+            Ok(plan) => (Plans::Symbolic(plan), "one plan for all shapes"),
+            Err(e) => {
+                tracing::debug!("{path}: no symbolic plan ({e}); planning per input shape");
+                (Plans::PerShape(Vec::new()), "one plan per input shape")
+            }
+        };
+        let precision = if opts.fp16 { "FP16" } else { "FP32" };
+        let description =
+            format!("tract {} {precision}: {} ({mode})", opts.target.runtime_name(), model_file.display());
+        Ok(TractBackend { model, opts, plans, inputs, outputs, description })
+    }
+
+    fn plan_for(&mut self, shapes: &[Vec<usize>]) -> Result<&mut Plan, BackendError> {
+        match &mut self.plans {
+            Plans::Symbolic(plan) => Ok(plan),
+            Plans::PerShape(cache) => {
+                let key: Vec<usize> = shapes.iter().flat_map(|s| s.iter().copied().chain([usize::MAX])).collect();
+                let at = match cache.iter().position(|(k, _)| *k == key) {
+                    Some(at) => at,
+                    None => {
+                        let plan = prepare(&self.model, self.opts, Some(shapes)).map_err(BackendError::Run)?;
+                        if cache.len() >= PER_SHAPE_PLANS {
+                            cache.remove(0);
+                        }
+                        cache.push((key, plan));
+                        cache.len() - 1
+                    }
+                };
+                Ok(&mut cache[at].1)
+            }
+        }
+    }
+}
+
+fn runtime(target: Target) -> Result<&'static dyn Runtime, String> {
+    // tract-cuda registers its runtime through `inventory`; naming one of its
+    // items keeps the linker from dropping the crate, registration and all.
+    std::hint::black_box(tract_cuda::CudaTransform);
+    runtime_for_name(target.runtime_name())
+        .map_err(|e| format!("the tract {} runtime is not usable: {e:#}", target.runtime_name()))?
+        .ok_or_else(|| format!("this build has no tract {} runtime", target.runtime_name()))
+}
+
+/// Types, optimizes and prepares `model` for the target, with the inputs
+/// fixed to `shapes` when given.
+fn prepare(model: &InferenceModel, opts: TractOptions, shapes: Option<&[Vec<usize>]>) -> Result<Plan, String> {
+    let e = |e: TractError| format!("{e:#}");
+    let mut model = model.clone();
+    if let Some(shapes) = shapes {
+        for (i, shape) in shapes.iter().enumerate() {
+            let dt = model.input_fact(i).map_err(e)?.datum_type.concretize().unwrap_or(DatumType::F32);
+            model.set_input_fact(i, InferenceFact::dt_shape(dt, shape.clone())).map_err(e)?;
+        }
+    }
+    let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(e)?;
+    if opts.fp16 {
+        let transform = tract_onnx::tract_core::transform::get_transform("f32_to_f16")
+            .map_err(e)?
+            .ok_or_else(|| "this tract has no f32_to_f16 transform".to_string())?;
+        transform.transform(&mut typed).map_err(|x| format!("converting to FP16: {x:#}"))?;
+    }
+    let runnable: Box<dyn Runnable> = runtime(opts.target)?.prepare(typed).map_err(e)?;
+    let input_types =
+        (0..runnable.input_count()).map(|i| runnable.input_fact(i).map(|f| f.datum_type)).collect::<TractResult<_>>();
+    let input_types = input_types.map_err(e)?;
+    Ok(Plan { state: runnable.spawn().map_err(e)?, input_types })
+}
+
+/// Models exported with dynamic dimensions (-1, or unnamed) leave tract's
+/// input facts open; give each such dimension its own symbol, so one prepared
+/// model runs every batch size and image size.
+fn name_dynamic_dims(model: &mut InferenceModel, shapes: InputShapes<'_>) -> Result<(), String> {
+    for i in 0..model.inputs.len() {
+        let declared = shapes.and_then(|s| s.get(i));
+        let fact = model.input_fact(i).map_err(|e| format!("{e:#}"))?.clone();
+        let name = model.node(model.inputs[i].node).name.clone();
+        let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+        let from_file: Vec<Option<TDim>> = if fact.shape.is_open() {
+            let Some(d) = declared else {
+                return Err(format!("input `{name}` has no known rank; export the model with its input shapes"));
+            };
+            vec![None; d.len()]
+        } else {
+            fact.shape.dims().map(|d| d.concretize().filter(|d| d.to_i64().map_or(true, |v| v >= 0))).collect()
+        };
+        let dims: TVec<TDim> = from_file
+            .into_iter()
+            .enumerate()
+            .map(|(j, d)| match (declared.and_then(|s| s.get(j)).copied(), d) {
+                (Some(v), _) if v >= 0 => TDim::Val(v),
+                (_, Some(d)) => d,
+                _ => model.sym(&format!("{name}_{j}")).into(),
+            })
+            .collect();
+        model.set_input_fact(i, InferenceFact::dt_shape(dt, dims)).map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
+}
+
+fn io_list(model: &InferenceModel, outlets: &[OutletId], inputs: bool) -> Result<Vec<IoInfo>, String> {
+    outlets
+        .iter()
+        .map(|&o| {
+            let name = match inputs {
+                true => model.node(o.node).name.clone(),
+                // ONNX names outputs by their value, which tract keeps as the
+                // outlet's label.
+                false => model.outlet_label(o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()),
+            };
+            let fact = model.outlet_fact(o).map_err(|e| format!("{e:#}"))?;
+            let dt = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+            let dtype =
+                dtype_of(dt).ok_or_else(|| format!("`{name}` has element type {dt:?}, which is not supported"))?;
+            let shape = match fact.shape.is_open() {
+                true => Vec::new(),
+                false => {
+                    fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok()).unwrap_or(-1)).collect()
+                }
+            };
+            Ok(IoInfo { name, dtype, shape })
+        })
+        .collect()
+}
+
+fn dtype_of(t: DatumType) -> Option<DType> {
+    Some(match t {
+        DatumType::Bool => DType::Bool,
+        DatumType::U8 => DType::U8,
+        DatumType::U16 => DType::U16,
+        DatumType::U32 => DType::U32,
+        DatumType::U64 => DType::U64,
+        DatumType::I8 => DType::I8,
+        DatumType::I16 => DType::I16,
+        DatumType::I32 => DType::I32,
+        DatumType::I64 => DType::I64,
+        DatumType::F16 => DType::F16,
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        _ => return None,
+    })
+}
+
+fn datum_of(t: DType) -> Option<DatumType> {
+    Some(match t {
+        DType::Bool => DatumType::Bool,
+        DType::U8 => DatumType::U8,
+        DType::U16 => DatumType::U16,
+        DType::U32 => DatumType::U32,
+        DType::U64 => DatumType::U64,
+        DType::I8 => DatumType::I8,
+        DType::I16 => DatumType::I16,
+        DType::I32 => DatumType::I32,
+        DType::I64 => DatumType::I64,
+        DType::F16 => DatumType::F16,
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+        DType::Bytes | DType::BF16 => return None,
+    })
+}
+
+/// Checks `view` against the model's declared input.
+fn check_input(view: &TensorView<'_>, info: &IoInfo) -> Result<(), String> {
+    if view.dtype != info.dtype {
+        return Err(format!("given as {} but the model takes {}", view.dtype, info.dtype));
+    }
+    let fits = view.shape.len() == info.shape.len()
+        && view.shape.iter().zip(&info.shape).all(|(&d, &m)| d >= 0 && (m < 0 || d == m));
+    if !fits {
+        return Err(format!("shape {:?} does not fit the model's {:?}", view.shape, info.shape));
+    }
+    Ok(())
+}
+
+/// Copies `view` into a tract tensor of the type the prepared model takes.
+fn input_tensor(view: &TensorView<'_>, want: DatumType) -> Result<Tensor, String> {
+    let dt = datum_of(view.dtype).ok_or_else(|| format!("{} tensors are not supported by tract", view.dtype))?;
+    let shape: Vec<usize> = view.shape.iter().map(|&d| d as usize).collect();
+    let mut t = Tensor::zero_dt(dt, &shape).map_err(|e| format!("{e:#}"))?;
+    let dst = t.as_bytes_mut();
+    if dst.len() != view.data.len() {
+        return Err(format!("{} bytes for shape {:?}; expected {}", view.data.len(), view.shape, dst.len()));
+    }
+    dst.copy_from_slice(view.data);
+    if dt == want { Ok(t) } else { t.cast_to_dt(want).map(|c| c.into_owned()).map_err(|e| format!("{e:#}")) }
+}
+
+impl Backend for TractBackend {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn inputs(&self) -> &[IoInfo] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[IoInfo] {
+        &self.outputs
+    }
+
+    fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(BackendError::Run(format!(
+                "the model takes {} inputs; {} were given",
+                self.inputs.len(),
+                inputs.len()
+            )));
+        }
+        let shapes: Vec<Vec<usize>> =
+            inputs.iter().map(|v| v.shape.iter().map(|&d| d.max(0) as usize).collect()).collect();
+        for (view, info) in inputs.iter().zip(&self.inputs) {
+            check_input(view, info).map_err(|message| BackendError::Input { name: info.name.clone(), message })?;
+        }
+        let declared = self.inputs.clone();
+        let plan = self.plan_for(&shapes)?;
+        let values = inputs
+            .iter()
+            .zip(&declared)
+            .zip(&plan.input_types)
+            .map(|((view, info), &want)| {
+                input_tensor(view, want)
+                    .map(|t| t.into_tvalue())
+                    .map_err(|message| BackendError::Input { name: info.name.clone(), message })
+            })
+            .collect::<Result<TVec<TValue>, _>>()?;
+        let results = plan.state.run(values).map_err(|e| BackendError::Run(format!("{e:#}")))?;
+        // Outputs computed in another type (FP16) go back as declared.
+        let mut cast: Vec<Tensor> = Vec::new();
+        for (r, info) in results.iter().zip(&self.outputs) {
+            let want = datum_of(info.dtype).unwrap_or(r.datum_type());
+            let t = if r.datum_type() == want {
+                r.clone().into_tensor()
+            } else {
+                r.cast_to_dt(want)
+                    .map(|c| c.into_owned())
+                    .map_err(|e| BackendError::Output { name: info.name.clone(), message: format!("{e:#}") })?
+            };
+            cast.push(t);
+        }
+        let shapes: Vec<Vec<i64>> = cast.iter().map(|t| t.shape().iter().map(|&d| d as i64).collect()).collect();
+        let views: Vec<TensorView<'_>> = cast
+            .iter()
+            .zip(&shapes)
+            .zip(&self.outputs)
+            .map(|((t, s), info)| TensorView { dtype: info.dtype, shape: s, data: t.as_bytes() })
+            .collect();
+        sink(&views);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{OnnxBackend, OnnxOptions, init_runtime};
+    use crate::test_util::{need, noise, repo_path, run_f32};
+
+    fn model(name: &str) -> std::path::PathBuf {
+        repo_path(&format!("models/{name}/1/model.onnx"))
+    }
+
+    fn ort(name: &str) -> OnnxBackend {
+        init_runtime(need(&repo_path(".cache/onnxruntime/libonnxruntime.so"))).expect("ONNX Runtime loads");
+        OnnxBackend::load(need(&model(name)), &OnnxOptions::default()).expect("model loads")
+    }
+
+    fn shapes(name: &str) -> Vec<Vec<i64>> {
+        let path = repo_path(&format!("models/{name}/config.toml"));
+        let text = std::fs::read_to_string(need(&path)).expect("config is readable");
+        let cfg = model_repo::ModelConfig::parse(&text, "config.toml").expect("config parses");
+        cfg.inputs.iter().map(|t| cfg.full_shape(t)).collect()
+    }
+
+    fn tract(name: &str, fp16: bool) -> TractBackend {
+        let opts = TractOptions { target: Target::Cpu, fp16 };
+        TractBackend::load(need(&model(name)), opts, Some(&shapes(name))).expect("tract loads")
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// The tract path (what the GPU runs, here on tract's CPU runtime)
+    /// describes the model as ONNX Runtime does and computes the same
+    /// outputs, batched, at the model's dynamic sizes.
+    #[test]
+    fn tract_agrees_with_onnx_runtime() {
+        for (name, shape, tol) in [
+            ("ppocr_cls", vec![4i64, 3, 48, 192], 1e-4f32),
+            ("ppocr_rec", vec![2, 3, 48, 320], 1e-3),
+            ("ppocr_det", vec![1, 3, 160, 224], 1e-3),
+        ] {
+            let mut reference = ort(name);
+            let mut t = tract(name, false);
+            assert_eq!(t.inputs().len(), reference.inputs().len(), "{name}");
+            for (a, b) in t.inputs().iter().zip(reference.inputs()) {
+                assert_eq!((&a.name, a.dtype), (&b.name, b.dtype), "{name}");
+            }
+            for (a, b) in t.outputs().iter().zip(reference.outputs()) {
+                assert_eq!((&a.name, a.dtype), (&b.name, b.dtype), "{name}");
+            }
+            let data = noise(shape.iter().product::<i64>() as usize, 7);
+            let want = run_f32(&mut reference, &shape, &data);
+            let got = run_f32(&mut t, &shape, &data);
+            for ((gs, g), (ws, w)) in got.iter().zip(&want) {
+                assert_eq!(gs, ws, "{name}");
+                let d = max_abs_diff(g, w);
+                eprintln!("{name} {shape:?}: largest difference from ONNX Runtime {d:e}");
+                assert!(d <= tol, "{name}: {d} > {tol}");
+            }
+        }
+    }
+
+    /// FP16 keeps the declared FP32 interface and the classifier's answer.
+    #[test]
+    fn fp16_keeps_fp32_inputs_and_outputs() {
+        let mut reference = ort("ppocr_cls");
+        let mut t = tract("ppocr_cls", true);
+        assert_eq!(t.inputs()[0].dtype, DType::F32);
+        let shape = [3i64, 3, 48, 192];
+        let data = noise(3 * 3 * 48 * 192, 11);
+        let want = run_f32(&mut reference, &shape, &data);
+        let got = run_f32(&mut t, &shape, &data);
+        let d = max_abs_diff(&got[0].1, &want[0].1);
+        eprintln!("ppocr_cls FP16: largest difference from ONNX Runtime FP32 {d:e}");
+        assert!(d < 2e-2, "{d}");
+    }
+
+    #[test]
+    fn wrong_inputs_are_errors_naming_the_tensor() {
+        let mut t = tract("ppocr_cls", false);
+        let data = vec![0u8; 4 * 3 * 48 * 192];
+        let bad_shape = TensorView { dtype: DType::F32, shape: &[1, 4, 48, 192], data: &data };
+        let err = t.run(&[bad_shape], &mut |_| {}).expect_err("4 channels are refused").to_string();
+        assert!(err.contains("input `x`") && err.contains("does not fit"), "{err}");
+        let bad_type = TensorView { dtype: DType::I32, shape: &[1, 3, 48, 192], data: &data };
+        let err = t.run(&[bad_type], &mut |_| {}).expect_err("INT32 is refused").to_string();
+        assert!(err.contains("given as INT32 but the model takes FP32"), "{err}");
+    }
+
+    #[test]
+    fn the_cuda_runtime_loads_or_says_why_not() {
+        let opts = TractOptions { target: Target::Cuda, fp16: false };
+        match TractBackend::load(need(&model("ppocr_cls")), opts, Some(&shapes("ppocr_cls"))) {
+            Ok(b) => eprintln!("CUDA available: {}", b.describe()),
+            Err(e) => {
+                let e = e.to_string();
+                eprintln!("skipped (no GPU): {e}");
+                assert!(e.contains("libcuda.so.1"), "a missing driver is named: {e}");
+            }
+        }
+    }
+}
