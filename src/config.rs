@@ -109,7 +109,7 @@ pub struct Inference {
     pub gpu_backend: GpuBackend,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPUs when CUDA and a GPU are found, else the CPU (with a warning
@@ -201,6 +201,9 @@ pub struct Overrides {
     /// Log format [env: HIGHSERVE_LOG_FORMAT]
     #[arg(long, env = "HIGHSERVE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Where models run: auto, gpu or cpu [env: HIGHSERVE_DEVICE]
+    #[arg(long, env = "HIGHSERVE_DEVICE")]
+    pub device: Option<DeviceChoice>,
 }
 
 /// `a/configs/../models` → `a/models` when the path exists (for readable logs).
@@ -245,6 +248,9 @@ impl Config {
         }
         if let Some(f) = o.log_format {
             self.log.format = f;
+        }
+        if let Some(d) = o.device {
+            self.inference.device = d;
         }
     }
 

@@ -87,10 +87,27 @@ impl TractBackend {
         }
         // Checked first: a missing GPU is the likeliest failure.
         runtime(opts.target).map_err(&fail)?;
-        let mut model = tract_onnx::onnx().model_for_path(model_file).map_err(|e| fail(format!("{e:#}")))?;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(model_file).map_err(|e| fail(format!("{e:#}")))?;
+        let mut model = onnx.model_for_proto_model(&proto).map_err(|e| fail(format!("{e:#}")))?;
         name_dynamic_dims(&mut model, shapes).map_err(&fail)?;
         let inputs = io_list(&model, &model.inputs, true).map_err(&fail)?;
-        let outputs = io_list(&model, &model.outputs, false).map_err(&fail)?;
+        // Output shapes are known only after shape inference; run it on a
+        // copy (best effort: a dimension it cannot tell stays -1).
+        let mut analysed = model.clone();
+        let _ = analysed.analyse(true);
+        let mut outputs = io_list(&analysed, &analysed.outputs, false).map_err(&fail)?;
+        // Where inference cannot tell (exports tract keeps per-shape), the
+        // shapes the ONNX file declares for its outputs.
+        if let Some(graph) = &proto.graph {
+            for (o, declared) in outputs.iter_mut().zip(&graph.output) {
+                if o.shape.is_empty()
+                    && let Some(shape) = declared_shape(declared)
+                {
+                    o.shape = shape;
+                }
+            }
+        }
         let (plans, mode) = match prepare(&model, opts, None) {
             Ok(plan) => (Plans::Symbolic(plan), "one plan for all shapes"),
             Err(e) => {
@@ -124,6 +141,22 @@ impl TractBackend {
             }
         }
     }
+}
+
+/// An ONNX value's declared shape, -1 for a dynamic dimension.
+fn declared_shape(v: &tract_onnx::pb::ValueInfoProto) -> Option<Vec<i64>> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    use tract_onnx::pb::type_proto::Value as Type;
+    let Some(Type::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else { return None };
+    let dims = &t.shape.as_ref()?.dim;
+    Some(
+        dims.iter()
+            .map(|d| match d.value {
+                Some(Dim::DimValue(n)) if n >= 0 => n,
+                _ => -1,
+            })
+            .collect(),
+    )
 }
 
 fn runtime(target: Target) -> Result<&'static dyn Runtime, String> {
