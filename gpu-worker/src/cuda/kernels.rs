@@ -149,16 +149,7 @@ impl Preprocess {
         out_w: usize,
         out_h: usize,
     ) -> Result<(), KernelError> {
-        assert!(out.len() >= 3 * out_w * out_h, "output buffer too small");
-        let (f, n) = Self::args(frame, norm, stream);
-        let (w, h) = (out_w as i32, out_h as i32);
-        let mut launch = stream.launch_builder(&self.f32_fn);
-        launch.arg(&f).arg(&n).arg(out).arg(&w).arg(&h);
-        // SAFETY: the argument list matches resize_normalize_f32's signature,
-        // `out` holds 3*out_w*out_h floats (checked above) and the frame's
-        // buffer holds the frame (its length was checked by its creator).
-        unsafe { launch.launch(Self::config(out_w, out_h)) }?;
-        Ok(())
+        self.launch(&self.f32_fn, stream, frame, norm, out, (out_w, out_h))
     }
 
     /// As `run_f32`, into an FP16 tensor.
@@ -171,12 +162,27 @@ impl Preprocess {
         out_w: usize,
         out_h: usize,
     ) -> Result<(), KernelError> {
+        self.launch(&self.f16_fn, stream, frame, norm, out, (out_w, out_h))
+    }
+
+    fn launch<T: DeviceRepr>(
+        &self,
+        func: &CudaFunction,
+        stream: &CudaStream,
+        frame: &DeviceFrame<'_>,
+        norm: &Normalize,
+        out: &mut CudaSlice<T>,
+        (out_w, out_h): (usize, usize),
+    ) -> Result<(), KernelError> {
         assert!(out.len() >= 3 * out_w * out_h, "output buffer too small");
         let (f, n) = Self::args(frame, norm, stream);
         let (w, h) = (out_w as i32, out_h as i32);
-        let mut launch = stream.launch_builder(&self.f16_fn);
+        let mut launch = stream.launch_builder(func);
         launch.arg(&f).arg(&n).arg(out).arg(&w).arg(&h);
-        // SAFETY: as in run_f32, for the FP16 kernel.
+        // SAFETY: the argument list matches resize_normalize_f32's and _f16's
+        // signature (`func` is one of them, with T its element type), `out`
+        // holds 3*out_w*out_h elements (checked above) and the frame's buffer
+        // holds the frame (its length was checked by its creator).
         unsafe { launch.launch(Self::config(out_w, out_h)) }?;
         Ok(())
     }

@@ -225,6 +225,28 @@ pub fn ld_library_path(dirs: &[PathBuf]) -> std::ffi::OsString {
     std::env::join_paths(all).unwrap_or_default()
 }
 
+/// True when the dynamic loader resolves `file` by name (its cache, the
+/// system directories, `LD_LIBRARY_PATH` as this process started with).
+pub fn in_loader_cache(file: &str) -> bool {
+    // SAFETY: dlopen of a CUDA library by name runs only that library's
+    // initializers; the handle is closed again at once.
+    unsafe { libloading::Library::new(file) }.is_ok()
+}
+
+/// Loads the libraries found on disk by their full path, for the life of the
+/// process, so that later by-name `dlopen`s (cudarc's) resolve to them even
+/// when their directory is not on this process's loader path.
+pub fn preload(found: &[Found]) -> Result<(), String> {
+    for f in found.iter().filter(|f| f.path.is_absolute()) {
+        // SAFETY: as above; the handle is leaked on purpose so the library
+        // stays loaded and its soname resolvable.
+        let lib = unsafe { libloading::Library::new(&f.path) }
+            .map_err(|e| format!("cannot load {} ({}): {e}", f.path.display(), f.name))?;
+        std::mem::forget(lib);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,26 +317,4 @@ mod tests {
         assert_eq!(dirs.iter().filter(|x| **x == d).count(), 1);
         assert!(!dirs.contains(&t.path().join("absent")));
     }
-}
-
-/// True when the dynamic loader resolves `file` by name (its cache, the
-/// system directories, `LD_LIBRARY_PATH` as this process started with).
-pub fn in_loader_cache(file: &str) -> bool {
-    // SAFETY: dlopen of a CUDA library by name runs only that library's
-    // initializers; the handle is closed again at once.
-    unsafe { libloading::Library::new(file) }.is_ok()
-}
-
-/// Loads the libraries found on disk by their full path, for the life of the
-/// process, so that later by-name `dlopen`s (cudarc's) resolve to them even
-/// when their directory is not on this process's loader path.
-pub fn preload(found: &[Found]) -> Result<(), String> {
-    for f in found.iter().filter(|f| f.path.is_absolute()) {
-        // SAFETY: as above; the handle is leaked on purpose so the library
-        // stays loaded and its soname resolvable.
-        let lib = unsafe { libloading::Library::new(&f.path) }
-            .map_err(|e| format!("cannot load {} ({}): {e}", f.path.display(), f.name))?;
-        std::mem::forget(lib);
-    }
-    Ok(())
 }
