@@ -62,6 +62,45 @@ pub trait Backend: Send {
     fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError>;
 }
 
+/// Checks a batch's inputs against what the model declares (count,
+/// datatype, shape, byte length), so every backend refuses the same inputs
+/// with the same messages before handing anything to its runtime.
+pub fn check_inputs(inputs: &[TensorView<'_>], declared: &[IoInfo]) -> Result<(), BackendError> {
+    if inputs.len() != declared.len() {
+        let names: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+        return Err(BackendError::Input {
+            name: names.join("`, `"),
+            message: format!("the model takes {} inputs; {} were given", names.len(), inputs.len()),
+        });
+    }
+    for (view, info) in inputs.iter().zip(declared) {
+        check_input(view, info).map_err(|message| BackendError::Input { name: info.name.clone(), message })?;
+    }
+    Ok(())
+}
+
+fn check_input(view: &TensorView<'_>, info: &IoInfo) -> Result<(), String> {
+    if view.dtype != info.dtype {
+        return Err(format!("given as {} but the model takes {}", view.dtype, info.dtype));
+    }
+    let fits = view.shape.len() == info.shape.len()
+        && view.shape.iter().zip(&info.shape).all(|(&d, &m)| d >= 0 && (m < 0 || d == m));
+    if !fits {
+        return Err(format!("shape {:?} does not fit the model's {:?} (-1 = any size)", view.shape, info.shape));
+    }
+    let size = view.dtype.size().ok_or_else(|| format!("{} tensors are not supported by this backend", view.dtype))?;
+    let bytes = view.shape.iter().try_fold(size, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+    if bytes != Some(view.data.len()) {
+        return Err(format!(
+            "shape {:?} of {} needs {bytes:?} bytes; {} were given",
+            view.shape,
+            view.dtype,
+            view.data.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `cfg` describes the model file `backend` loaded: the same
 /// inputs and outputs, in the same order (the scheduler indexes both by
 /// position), with the same datatypes and compatible dims.

@@ -17,7 +17,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
 use shm::tensor::DType;
 
-use crate::backend::{Backend, BackendError, IoInfo, TensorView};
+use crate::backend::{self, Backend, BackendError, IoInfo, TensorView};
 
 /// The process's one ONNX Runtime environment; `ort` allows only one.
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
@@ -160,18 +160,12 @@ impl Backend for OnnxBackend {
     }
 
     fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
-        if inputs.len() != self.inputs.len() {
-            let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(BackendError::Input {
-                name: names.join("`, `"),
-                message: format!("the model takes {} inputs; {} were given", names.len(), inputs.len()),
-            });
-        }
+        backend::check_inputs(inputs, &self.inputs)?;
         let values = inputs
             .iter()
             .zip(&self.inputs)
             .map(|(view, info)| {
-                input_value(view, info).map_err(|message| BackendError::Input { name: info.name.clone(), message })
+                input_value(view).map_err(|message| BackendError::Input { name: info.name.clone(), message })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = self.session.run(values.as_slice()).map_err(|e| BackendError::Run(e.to_string()))?;
@@ -190,27 +184,9 @@ impl Backend for OnnxBackend {
     }
 }
 
-/// Checks `view` against what the model declares and wraps it for the
+/// Wraps `view` (already checked by `backend::check_inputs`) for the
 /// runtime without copying.
-fn input_value<'a>(view: &TensorView<'a>, info: &IoInfo) -> Result<SessionInputValue<'a>, String> {
-    if view.dtype != info.dtype {
-        return Err(format!("given as {} but the model takes {}", view.dtype, info.dtype));
-    }
-    let fits = view.shape.len() == info.shape.len()
-        && view.shape.iter().zip(&info.shape).all(|(&d, &m)| d >= 0 && (m < 0 || d == m));
-    if !fits {
-        return Err(format!("shape {:?} does not fit the model's {:?} (-1 = any size)", view.shape, info.shape));
-    }
-    let size = view.dtype.size().ok_or_else(|| format!("{} tensors are not supported by this backend", view.dtype))?;
-    let bytes = view.shape.iter().try_fold(size, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
-    if bytes != Some(view.data.len()) {
-        return Err(format!(
-            "shape {:?} of {} needs {bytes:?} bytes; {} were given",
-            view.shape,
-            view.dtype,
-            view.data.len()
-        ));
-    }
+fn input_value<'a>(view: &TensorView<'a>) -> Result<SessionInputValue<'a>, String> {
     match view.dtype {
         DType::F32 => typed::<f32>(view),
         DType::F16 => typed::<f16>(view),

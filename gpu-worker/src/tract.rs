@@ -73,7 +73,7 @@ enum Plans {
     /// Shape cast to INT32, say); those get one plan per input shape, made
     /// on first use and kept (the most recent `PER_SHAPE_PLANS`), as
     /// TensorRT keeps one engine per optimization profile.
-    PerShape(Vec<(Vec<usize>, Plan)>),
+    PerShape(Vec<(Vec<Vec<usize>>, Plan)>),
 }
 
 const PER_SHAPE_PLANS: usize = 64;
@@ -120,25 +120,31 @@ impl TractBackend {
             format!("tract {} {precision}: {} ({mode})", opts.target.runtime_name(), model_file.display());
         Ok(TractBackend { model, opts, plans, inputs, outputs, description })
     }
+}
 
-    fn plan_for(&mut self, shapes: &[Vec<usize>]) -> Result<&mut Plan, BackendError> {
-        match &mut self.plans {
-            Plans::Symbolic(plan) => Ok(plan),
-            Plans::PerShape(cache) => {
-                let key: Vec<usize> = shapes.iter().flat_map(|s| s.iter().copied().chain([usize::MAX])).collect();
-                let at = match cache.iter().position(|(k, _)| *k == key) {
-                    Some(at) => at,
-                    None => {
-                        let plan = prepare(&self.model, self.opts, Some(shapes)).map_err(BackendError::Run)?;
-                        if cache.len() >= PER_SHAPE_PLANS {
-                            cache.remove(0);
-                        }
-                        cache.push((key, plan));
-                        cache.len() - 1
+/// The plan for inputs of these shapes: the symbolic one, or the per-shape
+/// one (made now if new).
+fn plan_for<'a>(
+    plans: &'a mut Plans,
+    model: &InferenceModel,
+    opts: TractOptions,
+    shapes: &[Vec<usize>],
+) -> Result<&'a mut Plan, BackendError> {
+    match plans {
+        Plans::Symbolic(plan) => Ok(plan),
+        Plans::PerShape(cache) => {
+            let at = match cache.iter().position(|(k, _)| k == shapes) {
+                Some(at) => at,
+                None => {
+                    let plan = prepare(model, opts, Some(shapes)).map_err(BackendError::Run)?;
+                    if cache.len() >= PER_SHAPE_PLANS {
+                        cache.remove(0);
                     }
-                };
-                Ok(&mut cache[at].1)
-            }
+                    cache.push((shapes.to_vec(), plan));
+                    cache.len() - 1
+                }
+            };
+            Ok(&mut cache[at].1)
         }
     }
 }
@@ -285,30 +291,40 @@ fn datum_of(t: DType) -> Option<DatumType> {
     })
 }
 
-/// Checks `view` against the model's declared input.
-fn check_input(view: &TensorView<'_>, info: &IoInfo) -> Result<(), String> {
-    if view.dtype != info.dtype {
-        return Err(format!("given as {} but the model takes {}", view.dtype, info.dtype));
+/// Copies `view` (checked by `backend::check_inputs`) into a tract tensor of
+/// the type the prepared model takes: one copy of the bytes (tract owns its
+/// tensors), cast only under FP16.
+fn input_tensor(view: &TensorView<'_>, want: DatumType) -> Result<Tensor, String> {
+    let shape: Vec<usize> = view.shape.iter().map(|&d| d as usize).collect();
+    let e = |e: TractError| format!("{e:#}");
+    let t = match view.dtype {
+        DType::F32 => from_bytes::<f32>(&shape, view.data),
+        DType::F64 => from_bytes::<f64>(&shape, view.data),
+        DType::I64 => from_bytes::<i64>(&shape, view.data),
+        DType::I32 => from_bytes::<i32>(&shape, view.data),
+        DType::U8 => from_bytes::<u8>(&shape, view.data),
+        other => {
+            // The rest are rare as model inputs: fill a zeroed tensor.
+            let dt = datum_of(other).ok_or_else(|| format!("{other} tensors are not supported by tract"))?;
+            Tensor::zero_dt(dt, &shape).map(|mut t| {
+                t.as_bytes_mut().copy_from_slice(view.data);
+                t
+            })
+        }
     }
-    let fits = view.shape.len() == info.shape.len()
-        && view.shape.iter().zip(&info.shape).all(|(&d, &m)| d >= 0 && (m < 0 || d == m));
-    if !fits {
-        return Err(format!("shape {:?} does not fit the model's {:?}", view.shape, info.shape));
-    }
-    Ok(())
+    .map_err(e)?;
+    if t.datum_type() == want { Ok(t) } else { t.cast_to_dt(want).map(|c| c.into_owned()).map_err(e) }
 }
 
-/// Copies `view` into a tract tensor of the type the prepared model takes.
-fn input_tensor(view: &TensorView<'_>, want: DatumType) -> Result<Tensor, String> {
-    let dt = datum_of(view.dtype).ok_or_else(|| format!("{} tensors are not supported by tract", view.dtype))?;
-    let shape: Vec<usize> = view.shape.iter().map(|&d| d as usize).collect();
-    let mut t = Tensor::zero_dt(dt, &shape).map_err(|e| format!("{e:#}"))?;
-    let dst = t.as_bytes_mut();
-    if dst.len() != view.data.len() {
-        return Err(format!("{} bytes for shape {:?}; expected {}", view.data.len(), view.shape, dst.len()));
+fn from_bytes<T: Datum + Copy + bytemuck::Pod>(shape: &[usize], data: &[u8]) -> TractResult<Tensor> {
+    match bytemuck::try_cast_slice::<u8, T>(data) {
+        Ok(elements) => Tensor::from_shape(shape, elements),
+        // Unaligned (batch buffers are aligned, so not on the serving path).
+        Err(_) => {
+            let elements: Vec<T> = data.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect();
+            Tensor::from_shape(shape, &elements)
+        }
     }
-    dst.copy_from_slice(view.data);
-    if dt == want { Ok(t) } else { t.cast_to_dt(want).map(|c| c.into_owned()).map_err(|e| format!("{e:#}")) }
 }
 
 impl Backend for TractBackend {
@@ -325,23 +341,12 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(BackendError::Run(format!(
-                "the model takes {} inputs; {} were given",
-                self.inputs.len(),
-                inputs.len()
-            )));
-        }
-        let shapes: Vec<Vec<usize>> =
-            inputs.iter().map(|v| v.shape.iter().map(|&d| d.max(0) as usize).collect()).collect();
-        for (view, info) in inputs.iter().zip(&self.inputs) {
-            check_input(view, info).map_err(|message| BackendError::Input { name: info.name.clone(), message })?;
-        }
-        let declared = self.inputs.clone();
-        let plan = self.plan_for(&shapes)?;
+        crate::backend::check_inputs(inputs, &self.inputs)?;
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|v| v.shape.iter().map(|&d| d as usize).collect()).collect();
+        let plan = plan_for(&mut self.plans, &self.model, self.opts, &shapes)?;
         let values = inputs
             .iter()
-            .zip(&declared)
+            .zip(&self.inputs)
             .zip(&plan.input_types)
             .map(|((view, info), &want)| {
                 input_tensor(view, want)
@@ -350,12 +355,13 @@ impl Backend for TractBackend {
             })
             .collect::<Result<TVec<TValue>, _>>()?;
         let results = plan.state.run(values).map_err(|e| BackendError::Run(format!("{e:#}")))?;
-        // Outputs computed in another type (FP16) go back as declared.
-        let mut cast: Vec<Tensor> = Vec::new();
-        for (r, info) in results.iter().zip(&self.outputs) {
+        // Outputs computed in another type (FP16) go back as declared; the
+        // others are moved out of the run's values, not copied.
+        let mut cast: Vec<Tensor> = Vec::with_capacity(results.len());
+        for (r, info) in results.into_iter().zip(&self.outputs) {
             let want = datum_of(info.dtype).unwrap_or(r.datum_type());
             let t = if r.datum_type() == want {
-                r.clone().into_tensor()
+                r.into_tensor()
             } else {
                 r.cast_to_dt(want)
                     .map(|c| c.into_owned())
