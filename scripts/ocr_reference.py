@@ -77,11 +77,13 @@ def ensure_reference_python():
         "scripts/fetch --ref (it installs scripts/requirements-ref.txt into .cache/venv-ref)")
 
 
-def make_engine(threads):
+def make_engine(threads, models=None):
     """One RapidOCR with its default config.yaml and ONNX Runtime's intra-op
     thread count set to threads for det, cls and rec (0: rapidocr's default,
     -1, which leaves the choice to ONNX Runtime). Checks that the sessions got
-    it: rapidocr silently ignores counts above os.cpu_count()."""
+    it: rapidocr silently ignores counts above os.cpu_count(). With models (a
+    highserve model repository), its ppocr_det/cls/rec files replace the
+    package's own (to measure the reference on the same fused graphs)."""
     from rapidocr_onnxruntime import RapidOCR
 
     if threads < 0:
@@ -89,7 +91,14 @@ def make_engine(threads):
     if threads > (os.cpu_count() or 1):
         die(f"--threads {threads} is more than the {os.cpu_count()} CPUs here, and rapidocr 1.4.4 would "
             "silently use ONNX Runtime's default instead")
-    engine = RapidOCR(intra_op_num_threads=threads) if threads else RapidOCR()
+    kwargs = {"intra_op_num_threads": threads} if threads else {}
+    if models is not None:
+        for step in ("det", "cls", "rec"):
+            path = Path(models) / f"ppocr_{step}" / "1" / "model.onnx"
+            if not path.is_file():
+                die(f"{path} is missing (scripts/fetch puts the models there)")
+            kwargs[f"{step}_model_path"] = str(path)
+    engine = RapidOCR(**kwargs)
     if threads:
         sessions = {"det": engine.text_det.infer.session, "cls": engine.text_cls.infer.session,
                     "rec": engine.text_rec.session.session}

@@ -2,13 +2,16 @@
 """A plain HTTP server around rapidocr-onnxruntime: the baseline for highserve's `ocr`.
 
 usage: rapidocr_server.py [--host 127.0.0.1] [--port 8001] [--threads 1] [--ready-file FILE]
+                          [--models DIR]
 
 It is written the way users put rapidocr behind HTTP: the standard library's
 ThreadingHTTPServer (a thread per connection, HTTP/1.1 keep-alive) and one
 RapidOCR instance with its default config.yaml, shared by all threads (ONNX
 Runtime sessions may run concurrently). --threads sets ONNX Runtime's intra-op
 thread count of the det, cls and rec sessions (rapidocr's
-intra_op_num_threads; 0 keeps its default, ONNX Runtime's choice).
+intra_op_num_threads; 0 keeps its default, ONNX Runtime's choice). --models
+DIR runs the model files of a highserve model repository (DIR/ppocr_det/1/
+model.onnx, ...) instead of the package's own.
 
   POST /v2/models/ocr/infer   body: a JPEG or PNG image (Content-Type
                               image/jpeg, image/png, or none)
@@ -95,10 +98,11 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8001)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    ap.add_argument("--models", type=Path, help="a highserve model repository whose ppocr_det/cls/rec to run")
     ap.add_argument("--ready-file", type=Path, help="write the server's URL here once it listens")
     args = ap.parse_args()
     ensure_reference_python()
-    Handler.engine = make_engine(args.threads)
+    Handler.engine = make_engine(args.threads, args.models)
     server = Server((args.host, args.port), Handler)
     url = f"http://{args.host}:{server.server_address[1]}"
     print(f"rapidocr_server: listening on {url} (intra_op_num_threads {args.threads or 'default'})",
