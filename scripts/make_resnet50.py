@@ -52,19 +52,21 @@ DEFAULT_REPOSITORY = ROOT / ".cache" / "models-bench"
 # The highserve model configuration (docs/model-repository.md). Two
 # instances with one intra-op thread each: on a 2-core machine both cores
 # compute batches at once, the same 2 sessions x 1 thread the peers get.
-# Batches of at most 8: on CPU, ONNX Runtime's cost per ResNet-50 image is
-# about the same at batch 1 as at 16, so large batches buy nothing, and with
-# 16 requests in flight a batch of 16 would leave the second instance idle.
+# Batches of at most 2, formed without waiting: on this CPU ONNX Runtime's
+# cost per ResNet-50 image is within 3% from batch 1 to 16, so large batches
+# buy nothing, and they cost latency: a request that just missed a batch of 8
+# waits for all of it. Measured alternately, 15 s at c=16, twice each: batches
+# of up to 8 with a 2 ms delay 33.1 / 35.8 req/s, p99 792 / 655 ms; up to 2
+# with none 34.7 / 34.9 req/s, p99 515 / 505 ms.
 CONFIG = """\
 # ResNet-50 v1.5 shape with seeded random weights (scripts/make_resnet50.py):
 # the cost of ResNet-50 for the side-by-side benchmark (scripts/side_by_side).
-max_batch_size = 8
+max_batch_size = 2
 instances = 2
 intra_op_threads = 1
 
 [dynamic_batching]
-max_queue_delay_microseconds = 2000
-preferred_batch_size = [4, 8]
+max_queue_delay_microseconds = 0
 
 [[input]]
 name = "input"
