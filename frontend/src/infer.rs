@@ -1,5 +1,5 @@
-//! `POST /v2/models/<m>[/versions/<v>]/infer`: images as images, KServe v2
-//! JSON and binary-tensor requests, and raw binary bodies.
+//! `POST /v2/models/<m>[/versions/<v>]/infer`: images as images, raw video
+//! frames, KServe v2 JSON and binary-tensor requests, and raw binary bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use model_repo::Model;
 use shm::desc::FLAG_POSTPROCESS;
+use shm::frame::{FrameInfo, PixelFormat};
 use shm::tensor::{self, DType, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Slot};
 
@@ -128,12 +129,8 @@ pub async fn infer(
         // Refused before a byte of the body is read.
         state.admission.reserve(&mut permit, n)?;
     }
-    let ctype = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .unwrap_or_default();
+    let full_ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ctype = full_ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let header_len = match parts.headers.get(HEADER_LEN) {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
@@ -147,6 +144,10 @@ pub async fn infer(
             )));
         }
         return image_request(state, model, index, &mut body, len, &mut permit, track).await;
+    }
+    if ctype == "video/x-raw" {
+        let frame = frame_params(full_ctype)?;
+        return frame_request(state, model, index, &mut body, (len, frame), &mut permit, track).await;
     }
     let raw = timed(state, body::read_all(&mut body, limit, len)).await?;
     track.received();
@@ -188,6 +189,83 @@ async fn image_request(
     timed(state, body::read_exact(body, &mut slot.as_mut_slice()[4..4 + n])).await?;
     track.received();
     finish_image(state, model, &job, slot, 4 + n).await
+}
+
+/// The frame a `video/x-raw; format=NV12; width=1280; height=720`
+/// Content-Type (GStreamer's caps notation) describes.
+fn frame_params(content_type: &str) -> Result<FrameInfo, ApiError> {
+    const USAGE: &str = "send `Content-Type: video/x-raw; format=F; width=W; height=H` with F one of";
+    let mut format = None;
+    let (mut width, mut height) = (None, None);
+    for param in content_type.split(';').skip(1) {
+        let Some((key, value)) = param.split_once('=') else { continue };
+        let value = value.trim().trim_matches('"');
+        let number = |what: &str| {
+            value.parse::<u32>().map_err(|_| {
+                ApiError::BadRequest(format!("video/x-raw {what}={value:?} is not a whole number of pixels"))
+            })
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "format" => {
+                format = Some(PixelFormat::parse(value).ok_or_else(|| {
+                    ApiError::UnsupportedMediaType(format!(
+                        "raw frame format {value:?} is not supported; {USAGE} {}",
+                        PixelFormat::NAMES
+                    ))
+                })?)
+            }
+            "width" => width = Some(number("width")?),
+            "height" => height = Some(number("height")?),
+            _ => {}
+        }
+    }
+    match (format, width, height) {
+        (Some(format), Some(width), Some(height)) => Ok(FrameInfo { format, width, height }),
+        _ => Err(ApiError::BadRequest(format!(
+            "a raw frame needs its format, width and height; {USAGE} {} (got `{content_type}`)",
+            PixelFormat::NAMES
+        ))),
+    }
+}
+
+/// A raw frame read straight into a slot behind its `shm::frame` header (the
+/// BYTES layout an image has: length, then the bytes the decoder reads).
+async fn frame_request(
+    state: &Arc<State>,
+    model: &Model,
+    index: u16,
+    body: &mut Incoming,
+    (len, frame): (Option<usize>, FrameInfo),
+    permit: &mut Permit,
+    track: &Track<'_>,
+) -> Result<Resp, ApiError> {
+    check_takes_images(model)?;
+    let n = frame.format.frame_len(frame.width, frame.height).map_err(ApiError::BadRequest)?;
+    let what = format!("a {}x{} {} frame is {n} bytes", frame.width, frame.height, frame.format.name());
+    if let Some(given) = len
+        && given != n
+    {
+        return Err(ApiError::BadRequest(format!("{what}; the body is {given} (Content-Length)")));
+    }
+    let job = Job::new(state, model, index, None, None);
+    let total = shm::frame::HEADER_LEN + n;
+    let mut slot = alloc(state, 4 + total, job.id)?;
+    let dst = slot.as_mut_slice();
+    dst[..4].copy_from_slice(&(total as u32).to_le_bytes());
+    dst[4..4 + shm::frame::HEADER_LEN].copy_from_slice(&frame.header());
+    let pixels = &mut dst[4 + shm::frame::HEADER_LEN..4 + total];
+    if len.is_some() {
+        timed(state, body::read_exact(body, pixels)).await?;
+    } else {
+        let raw = timed(state, body::read_all(body, state.max_body_bytes, None)).await?;
+        state.admission.reserve(permit, raw.len())?;
+        if raw.len() != n {
+            return Err(ApiError::BadRequest(format!("{what}; the body is {}", raw.len())));
+        }
+        pixels.copy_from_slice(&raw);
+    }
+    track.received();
+    finish_image(state, model, &job, slot, 4 + total).await
 }
 
 async fn image_bytes(state: &Arc<State>, model: &Model, index: u16, raw: &[u8]) -> Result<Resp, ApiError> {

@@ -5,44 +5,7 @@
 //! compute the same sums in the same order of terms, so on a GPU host they
 //! agree to float rounding; here this code is what the unit tests check.
 
-/// The pixel layouts a raw frame may have (the kernel's `FMT_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum PixelFormat {
-    Rgb24 = 0,
-    Bgr24 = 1,
-    /// 8-bit Y plane, then an interleaved U/V plane at half resolution; BT.601
-    /// limited range.
-    Nv12 = 2,
-}
-
-impl PixelFormat {
-    pub const NAMES: &'static str = "rgb24, bgr24, nv12";
-
-    pub fn parse(s: &str) -> Option<PixelFormat> {
-        match s.to_ascii_lowercase().as_str() {
-            "rgb24" | "rgb" => Some(PixelFormat::Rgb24),
-            "bgr24" | "bgr" => Some(PixelFormat::Bgr24),
-            "nv12" => Some(PixelFormat::Nv12),
-            _ => None,
-        }
-    }
-
-    /// Bytes a tightly packed frame of this size takes, or why it cannot exist.
-    pub fn frame_len(self, width: u32, height: u32) -> Result<usize, String> {
-        if width == 0 || height == 0 {
-            return Err(format!("a {width}x{height} frame has no pixels"));
-        }
-        let (w, h) = (width as usize, height as usize);
-        match self {
-            PixelFormat::Rgb24 | PixelFormat::Bgr24 => Ok(w * h * 3),
-            PixelFormat::Nv12 if width % 2 == 1 || height % 2 == 1 => {
-                Err(format!("an NV12 frame needs an even width and height; got {width}x{height}"))
-            }
-            PixelFormat::Nv12 => Ok(w * h + w * h / 2),
-        }
-    }
-}
+pub use shm::frame::PixelFormat;
 
 /// A packed frame in host memory.
 #[derive(Clone, Copy, Debug)]
@@ -168,17 +131,6 @@ mod tests {
 
     fn close(a: f32, b: f32, tol: f32) -> bool {
         (a - b).abs() <= tol
-    }
-
-    #[test]
-    fn frame_sizes_and_their_errors() {
-        assert_eq!(PixelFormat::Rgb24.frame_len(4, 2), Ok(24));
-        assert_eq!(PixelFormat::Nv12.frame_len(4, 2), Ok(12));
-        let e = PixelFormat::Nv12.frame_len(5, 2).expect_err("odd width");
-        assert!(e.contains("even width and height; got 5x2"), "{e}");
-        assert!(PixelFormat::Bgr24.frame_len(0, 3).is_err());
-        assert_eq!(PixelFormat::parse("NV12"), Some(PixelFormat::Nv12));
-        assert_eq!(PixelFormat::parse("yuyv"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Request bodies (JPEG, PNG) → interleaved RGB8 pixels.
+//! Request bodies (JPEG, PNG, raw frames) → interleaved RGB8 pixels.
 //!
 //! Two steps, so the caller can size the decode to what the model needs:
 //! [`probe`] reads only the header and enforces [`DecodeLimits`] before a pixel
@@ -12,7 +12,8 @@ use std::io::Cursor;
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 /// What this module decodes, for error messages.
-const ACCEPTED: &str = "accepted: JPEG (image/jpeg) and PNG (image/png)";
+const ACCEPTED: &str =
+    "accepted: JPEG (image/jpeg), PNG (image/png) and raw frames (video/x-raw; format=RGB|BGR|NV12; width=W; height=H)";
 
 const JPEG_MAGIC: &[u8] = &[0xFF, 0xD8, 0xFF];
 const PNG_MAGIC: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
@@ -52,6 +53,8 @@ pub enum ImageError {
 pub enum ImageFormat {
     Jpeg,
     Png,
+    /// A raw video frame with its `shm::frame` header.
+    Frame(shm::frame::PixelFormat),
 }
 
 impl ImageFormat {
@@ -59,16 +62,18 @@ impl ImageFormat {
         match self {
             ImageFormat::Jpeg => "image/jpeg",
             ImageFormat::Png => "image/png",
+            ImageFormat::Frame(_) => "video/x-raw",
         }
     }
 }
 
 impl fmt::Display for ImageFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ImageFormat::Jpeg => "JPEG",
-            ImageFormat::Png => "PNG",
-        })
+        match self {
+            ImageFormat::Jpeg => f.write_str("JPEG"),
+            ImageFormat::Png => f.write_str("PNG"),
+            ImageFormat::Frame(p) => write!(f, "raw {} frame", p.name()),
+        }
     }
 }
 
@@ -103,6 +108,14 @@ pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
         Ok(ImageFormat::Jpeg)
     } else if bytes.starts_with(PNG_MAGIC) {
         Ok(ImageFormat::Png)
+    } else if shm::frame::is_frame(bytes) {
+        // The frontend wrote the header; a bad one is a bug there, but still
+        // only this request's error.
+        let (info, _) = shm::frame::parse(bytes).map_err(|message| ImageError::Corrupt {
+            format: ImageFormat::Frame(shm::frame::PixelFormat::Rgb24),
+            message,
+        })?;
+        Ok(ImageFormat::Frame(info.format))
     } else {
         Err(ImageError::UnknownFormat { start: describe_start(bytes) })
     }
@@ -129,6 +142,10 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, ImageErro
         ImageFormat::Png => {
             let mut decoder = png_decoder(bytes);
             let info = decoder.read_header_info().map_err(|e| corrupt(format, e))?;
+            (u64::from(info.width), u64::from(info.height))
+        }
+        ImageFormat::Frame(_) => {
+            let (info, _) = shm::frame::parse(bytes).map_err(|e| corrupt(format, e))?;
             (u64::from(info.width), u64::from(info.height))
         }
     };
@@ -177,6 +194,12 @@ pub fn decode_into(
     match format {
         ImageFormat::Jpeg => decode_jpeg(bytes, scale_to, buf, check),
         ImageFormat::Png => decode_png(bytes, buf, check),
+        ImageFormat::Frame(_) => {
+            let (frame, pixels) = shm::frame::parse(bytes).map_err(|e| corrupt(format, e))?;
+            check(u64::from(frame.width), u64::from(frame.height))?;
+            let factor = crate::frame::reduction(frame.width, frame.height, scale_to);
+            Ok(crate::frame::to_rgb_reduced(&frame, pixels, factor, buf))
+        }
     }
 }
 

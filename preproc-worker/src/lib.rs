@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod contain;
+pub mod frame;
 pub mod image;
 pub mod ocr;
 mod pipeline;

@@ -12,6 +12,7 @@
 //! - [`wake`] and [`mailbox`]: wake-ups kept outside the rings (a sleeping flag in
 //!   shared memory plus an eventfd per receiving process);
 //! - [`tensor`]: the table that describes tensors stored in a slot;
+//! - [`frame`]: the header of a raw video frame stored in a slot;
 //! - [`stats`]: per-model counters that workers bump and the frontend reads.
 //!
 //! This is the only crate with shared-memory `unsafe`. It must never hand out a
@@ -23,6 +24,7 @@
 pub mod cancel;
 pub mod desc;
 pub mod fd;
+pub mod frame;
 pub mod lane;
 pub mod layout;
 pub mod mailbox;
