@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 
 const OCR: &str = "/v2/models/ocr/infer";
 const CLS: &str = "/v2/models/ppocr_cls/infer";
