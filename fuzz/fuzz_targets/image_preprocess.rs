@@ -1,4 +1,5 @@
-//! Untrusted image bytes through the preproc worker's path: header check,
+//! Untrusted image bytes (JPEG, PNG, raw frames behind their shm::frame
+//! header) through the preproc worker's path: header check,
 //! decode (with and without DCT scaling), resize + normalize for two model
 //! input layouts. Any input must give Ok or Err, never a panic or a read
 //! beyond a buffer.

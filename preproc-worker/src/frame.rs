@@ -219,6 +219,31 @@ mod tests {
     }
 
     #[test]
+    fn every_small_size_and_factor_converts_in_bounds() {
+        // Odd sizes leave partial blocks (and, for RGB, no chroma rules):
+        // every size up to 17x11 at every factor, through the image module's
+        // own entry points, as a request would go.
+        let limits = crate::image::DecodeLimits::default();
+        for format in [PixelFormat::Rgb24, PixelFormat::Bgr24, PixelFormat::Nv12] {
+            for w in 1..=17u32 {
+                for h in 1..=11u32 {
+                    let Ok(len) = format.frame_len(w, h) else { continue };
+                    let mut bytes = FrameInfo { format, width: w, height: h }.header().to_vec();
+                    bytes.extend((0..len).map(|i| (i * 37 % 251) as u8));
+                    let info = crate::image::probe(&bytes, &limits).expect("a valid frame");
+                    for target in [None, Some((1, 1)), Some((2, 3)), Some((w, h))] {
+                        let mut buf = Vec::new();
+                        let (ow, oh) = crate::image::decode_into(&bytes, &info, target, &mut buf).expect("decodes");
+                        let f = reduction(w, h, target);
+                        assert_eq!((ow, oh), (w.div_ceil(f), h.div_ceil(f)), "{format:?} {w}x{h} {target:?}");
+                        assert_eq!(buf.len(), (ow * oh * 3) as usize);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rgb_is_copied_and_bgr_swapped() {
         let px = [1, 2, 3, 4, 5, 6];
         assert_eq!(convert(PixelFormat::Rgb24, 2, 1, &px), px);
