@@ -103,7 +103,8 @@ fn other_formats_are_named_by_their_first_bytes() {
     assert_eq!(
         e.to_string(),
         "the body is not a JPEG or PNG image (it starts with 47 49 46 38 39 61 01 00 (\"GIF89a..\")); \
-         accepted: JPEG (image/jpeg) and PNG (image/png)"
+         accepted: JPEG (image/jpeg), PNG (image/png) and raw frames (video/x-raw; format=RGB|BGR|NV12; width=W; \
+         height=H)"
     );
     let e = probe(b"{}", &DecodeLimits::default()).unwrap_err();
     assert!(e.to_string().contains("starts with 7b 7d (\"{}\")"), "{e}");
