@@ -122,7 +122,7 @@ fn bad_frames_get_clear_errors_and_serving_goes_on() {
         ("short body", frame_type("RGB", w, h), rgb[..rgb.len() - 3].to_vec(), CLS, 400, &["bytes", "640x480 RGB"]),
         ("odd NV12", frame_type("NV12", 5, 4), vec![0; 30], CLS, 400, &["even"]),
         ("zero size", frame_type("RGB", 0, 4), vec![], CLS, 400, &["no pixels"]),
-        ("huge frame", frame_type("RGB", 20000, 20000), vec![0; 12], CLS, 400, &["bytes"]),
+        ("huge frame", frame_type("RGB", 20000, 20000), vec![0; 12], CLS, 413, &["1200000000 bytes", "max_body_bytes"]),
         ("tensor model", frame_type("RGB", w, h), rgb.clone(), "/v2/models/ppocr_det/infer", 400, &["no image"]),
     ];
     for (what, ctype, body, path, status, words) in cases {

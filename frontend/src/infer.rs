@@ -242,6 +242,12 @@ async fn frame_request(
     check_takes_images(model)?;
     let n = frame.format.frame_len(frame.width, frame.height).map_err(ApiError::BadRequest)?;
     let what = format!("a {}x{} {} frame is {n} bytes", frame.width, frame.height, frame.format.name());
+    if n > state.max_body_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "{what}; the body limit is {} (config: server.max_body_bytes; NV12 is half the size of RGB)",
+            state.max_body_bytes
+        )));
+    }
     if let Some(given) = len
         && given != n
     {
