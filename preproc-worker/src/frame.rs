@@ -244,6 +244,30 @@ mod tests {
     }
 
     #[test]
+    fn full_size_rgb_frames_are_read_in_place() {
+        let limits = crate::image::DecodeLimits::default();
+        let frame = |format| {
+            let mut b = FrameInfo { format, width: 4, height: 2 }.header().to_vec();
+            b.extend((0..24u8).map(|i| i * 3));
+            b
+        };
+        let rgb = frame(PixelFormat::Rgb24);
+        let info = crate::image::probe(&rgb, &limits).expect("a frame");
+        let mut buf = Vec::new();
+        let (w, h, px) = crate::image::pixels(&rgb, &info, None, &mut buf).expect("pixels");
+        assert_eq!((w, h), (4, 2));
+        assert!(std::ptr::eq(px, &rgb[shm::frame::HEADER_LEN..]), "not copied");
+        // Reduced or converted frames go through the buffer, with the same values.
+        let (_, _, reduced) = crate::image::pixels(&rgb, &info, Some((1, 1)), &mut buf).expect("reduced");
+        assert_eq!(reduced.len(), 3, "1x1: the largest reduction that covers 1x1");
+        let bgr = frame(PixelFormat::Bgr24);
+        let info = crate::image::probe(&bgr, &limits).expect("a frame");
+        let mut buf2 = Vec::new();
+        let (_, _, px) = crate::image::pixels(&bgr, &info, None, &mut buf2).expect("pixels");
+        assert_eq!(px, convert(PixelFormat::Bgr24, 4, 2, &bgr[shm::frame::HEADER_LEN..]).as_slice());
+    }
+
+    #[test]
     fn rgb_is_copied_and_bgr_swapped() {
         let px = [1, 2, 3, 4, 5, 6];
         assert_eq!(convert(PixelFormat::Rgb24, 2, 1, &px), px);

@@ -203,6 +203,27 @@ pub fn decode_into(
     }
 }
 
+/// [`decode_into`], but a raw RGB frame that needs no reduction is returned
+/// as it lies in `bytes` (the request's slot) instead of being copied into
+/// `buf`: the pixels and their size.
+pub fn pixels<'a>(
+    bytes: &'a [u8],
+    info: &ImageInfo,
+    scale_to: Option<(u32, u32)>,
+    buf: &'a mut Vec<u8>,
+) -> Result<(u32, u32, &'a [u8]), ImageError> {
+    if info.format == ImageFormat::Frame(shm::frame::PixelFormat::Rgb24)
+        && crate::frame::reduction(info.width, info.height, scale_to) == 1
+    {
+        let (frame, pixels) = shm::frame::parse(bytes).map_err(|e| corrupt(info.format, e))?;
+        if (frame.width, frame.height) == (info.width, info.height) {
+            return Ok((frame.width, frame.height, pixels));
+        }
+    }
+    let (w, h) = decode_into(bytes, info, scale_to, buf)?;
+    Ok((w, h, buf.as_slice()))
+}
+
 thread_local! {
     // tj3Init allocates libjpeg's state (tens of KB): one decompressor per
     // thread, reused by every call instead of one per image.

@@ -213,10 +213,10 @@ impl Worker {
             let (decode_took, preprocess_took) = contain(|| {
                 let info = image::probe(bytes, limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
                 let scale_to = dct.then(|| preprocess::source_size_needed(pre, info.width, info.height));
-                let (w, h) = image::decode_into(bytes, &info, scale_to, decoded)
+                let src = image::pixels(bytes, &info, scale_to, decoded)
                     .map_err(|e| Failure::input(format!("{which}{e}")))?;
                 let decoded_at = Instant::now();
-                preprocess::preprocess_into((w, h, decoded), pre, dtype, dst, scratch)
+                preprocess::preprocess_into(src, pre, dtype, dst, scratch)
                     .map_err(|e| Failure::internal(format!("{which}{e}")))?;
                 Ok::<_, Failure>((decoded_at - started, decoded_at.elapsed()))
             })
