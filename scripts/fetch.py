@@ -156,7 +156,7 @@ def fetch_models(original=False):
     if original:
         key = "original\n"
     else:
-        key = f"fused {sha256(FUSE)} {hashlib.sha256(TOOLS_REQUIREMENTS.read_bytes()).hexdigest()}\n"
+        key = f"fused {sha256(FUSE)} {sha256(TOOLS_REQUIREMENTS)}\n"
     for name, member in MODELS.items():
         dest = ROOT / "models" / name / "1" / "model.onnx"
         stamp = dest.parent / ".fetched"

@@ -208,27 +208,31 @@ def is_plain_1x1(graph, conv):
     )
 
 
+def affine_chain(graph, first):
+    """`t -> Mul(c) -> Add(c)` (or just one of them) starting at first: the
+    input tensor t and the nodes, or (None, [])."""
+    chain, node = [], first
+    for want in ("Mul", "Add"):
+        if node is None or node.op_type != want or len(node.input) != 2:
+            continue
+        consts = [i for i in node.input if graph.const(i) is not None]
+        if len(consts) != 1 or (chain and other_input(node, consts[0]) != chain[-1].output[0]):
+            break
+        chain.append(node)
+        node = graph.sole_consumer(node.output[0])
+    if not chain:
+        return None, []
+    tensor = other_input(chain[0], next(i for i in chain[0].input if graph.const(i) is not None))
+    return (None, []) if tensor in graph.consts else (tensor, chain)
+
+
 def affine_into_1x1(graph):
     folded = 0
     for first in [n for n in graph.nodes if n.op_type in ("Mul", "Add")]:
-        if first not in graph.nodes or len(first.input) != 2:
+        if first not in graph.nodes:
             continue
-        # t -> Mul(c)? -> Add(c)? -> only 1x1 convs.
-        chain, tensor = [], None
-        node = first
-        for want in ("Mul", "Add"):
-            if node is None or node.op_type != want or len(node.input) != 2:
-                continue
-            consts = [i for i in node.input if graph.const(i) is not None]
-            if len(consts) != 1:
-                break
-            if not chain:
-                tensor = other_input(node, consts[0])
-            elif tensor is not None and other_input(node, consts[0]) != chain[-1].output[0]:
-                break
-            chain.append(node)
-            node = graph.sole_consumer(node.output[0])
-        if not chain or tensor is None or tensor in graph.consts:
+        tensor, chain = affine_chain(graph, first)
+        if tensor is None:
             continue
         out = chain[-1].output[0]
         convs = graph.consumers.get(out, [])
@@ -239,30 +243,21 @@ def affine_into_1x1(graph):
         if not all(is_plain_1x1(graph, c) for c in convs):
             continue
         in_channels = graph.const(convs[0].input[1]).shape[1]
+        if any(graph.const(c.input[1]).shape[1] != in_channels for c in convs):
+            continue
+        biases = [conv_bias(graph, c, graph.const(c.input[1]).shape[0]) for c in convs]
+        ks = [per_channel(graph.const(next(i for i in n.input if graph.const(i) is not None)), in_channels)
+              for n in chain]
+        if any(b is None for b in biases) or any(k is None for k in ks):
+            continue
         scale, shift = np.ones(in_channels), np.zeros(in_channels)
-        ok = True
-        for n in chain:
-            k = per_channel(graph.const(next(i for i in n.input if graph.const(i) is not None)), in_channels)
-            if k is None:
-                ok = False
-                break
+        for n, k in zip(chain, ks):
             if n.op_type == "Mul":
                 scale, shift = scale * k, shift * k
             else:
                 shift = shift + k
-        if not ok or any(graph.const(c.input[1]).shape[1] != in_channels for c in convs):
-            continue
-        for c in convs:
+        for c, b in zip(convs, biases):
             w = graph.const(c.input[1]).astype(np.float64)
-            b = conv_bias(graph, c, w.shape[0])
-            if b is None:
-                ok = False
-                break
-        if not ok:
-            continue
-        for c in convs:
-            w = graph.const(c.input[1]).astype(np.float64)
-            b = conv_bias(graph, c, w.shape[0])
             b = b + (w[:, :, 0, 0] @ shift)
             w = w * scale.reshape(1, -1, 1, 1)
             c.input[0] = tensor

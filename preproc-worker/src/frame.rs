@@ -18,6 +18,13 @@ fn clamp_u8(v: i32) -> u8 {
     (v >> 16).clamp(0, 255) as u8
 }
 
+/// One BT.601 limited-range sample (Y, U, V as 0..=255) as RGB8.
+fn yuv_to_rgb(y: i32, u: i32, v: i32) -> [u8; 3] {
+    let c = C_Y * (y - 16) + HALF;
+    let (d, e) = (u - 128, v - 128);
+    [clamp_u8(c + C_RV * e), clamp_u8(c - C_GU * d - C_GV * e), clamp_u8(c + C_BU * d)]
+}
+
 /// Writes the frame's `width * height` pixels as RGB8 into `buf` (resized to
 /// fit; its capacity is kept). `pixels` must be exactly the frame's length,
 /// which `shm::frame::parse` has checked.
@@ -118,14 +125,8 @@ pub fn to_rgb_reduced(info: &FrameInfo, pixels: &[u8], factor: u32, buf: &mut Ve
                 PixelFormat::Bgr24 => px.copy_from_slice(&[2, 1, 0].map(|c| mean(s[c], n) as u8)),
                 PixelFormat::Nv12 => {
                     let chroma_n = (cols.div_ceil(2) * rows_n.div_ceil(2)) as u32;
-                    let c = C_Y * (mean(s[0], n) as i32 - 16) + HALF;
-                    let d = mean(s[1], chroma_n) as i32 - 128;
-                    let e = mean(s[2], chroma_n) as i32 - 128;
-                    px.copy_from_slice(&[
-                        clamp_u8(c + C_RV * e),
-                        clamp_u8(c - C_GU * d - C_GV * e),
-                        clamp_u8(c + C_BU * d),
-                    ]);
+                    let [y, u, v] = [mean(s[0], n), mean(s[1], chroma_n), mean(s[2], chroma_n)].map(|x| x as i32);
+                    px.copy_from_slice(&yuv_to_rgb(y, u, v));
                 }
             }
         }
@@ -139,10 +140,7 @@ fn nv12_to_rgb(pixels: &[u8], w: usize, h: usize, buf: &mut [u8]) {
         let yrow = &luma[y * w..(y + 1) * w];
         let uv = &chroma[(y / 2) * w..(y / 2) * w + w];
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let c = C_Y * (i32::from(yrow[x]) - 16) + HALF;
-            let d = i32::from(uv[x & !1]) - 128;
-            let e = i32::from(uv[x | 1]) - 128;
-            px.copy_from_slice(&[clamp_u8(c + C_RV * e), clamp_u8(c - C_GU * d - C_GV * e), clamp_u8(c + C_BU * d)]);
+            px.copy_from_slice(&yuv_to_rgb(i32::from(yrow[x]), i32::from(uv[x & !1]), i32::from(uv[x | 1])));
         }
     }
 }
