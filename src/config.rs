@@ -128,6 +128,11 @@ pub enum GpuBackend {
     #[default]
     #[serde(rename = "tract-cuda")]
     TractCuda,
+    /// ONNX Runtime's CUDA execution provider; needs an ONNX Runtime library
+    /// built with it (the `onnxruntime-gpu` package's), else the inference
+    /// worker refuses to start, naming the library.
+    #[serde(rename = "onnxruntime-cuda")]
+    OnnxRuntimeCuda,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -408,6 +413,18 @@ mod tests {
     }
 
     #[test]
+    fn both_gpu_backends_parse() {
+        let base = std::fs::read_to_string(default_path()).unwrap();
+        for (name, want) in [("tract-cuda", GpuBackend::TractCuda), ("onnxruntime-cuda", GpuBackend::OnnxRuntimeCuda)] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, base.replace("gpu_backend = \"tract-cuda\"", &format!("gpu_backend = \"{name}\"")))
+                .unwrap();
+            assert_eq!(Config::load(&p, &Overrides::default()).unwrap().inference.gpu_backend, want);
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
@@ -425,6 +442,7 @@ mod tests {
             ("max_body_bytes = \"16MiB\"", "max_body_bytes = \"64MiB\"", "largest shm slot"),
             ("restart_backoff_ms = [100, 5000]", "restart_backoff_ms = [100, 50]", "restart_backoff_ms"),
             ("format = \"text\"", "format = \"xml\"", "xml"),
+            ("gpu_backend = \"tract-cuda\"", "gpu_backend = \"tensorrt\"", "onnxruntime-cuda"),
         ];
         for (from, to, needle) in cases {
             let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,12 @@
 //! The engine limit: a model's offline throughput by batch size through the
 //! `Backend` trait alone (no daemon, no shared memory), the figure the served
 //! throughput is measured against. Runs ONNX Runtime or tract on the CPU, or
-//! tract-cuda on a GPU, on the same model file and the same input.
+//! tract-cuda or ONNX Runtime's CUDA execution provider (which needs a CUDA
+//! build of the library) on a GPU, on the same model file and the same input.
 //!
 //! ```text
 //! HIGHSERVE_BENCH_MODEL=models/ppocr_cls/1/model.onnx HIGHSERVE_BENCH_SHAPE=3,48,192 \
-//! HIGHSERVE_BENCH_BACKEND=onnxruntime|tract-cpu|tract-cuda HIGHSERVE_BENCH_FP16=1 \
+//! HIGHSERVE_BENCH_BACKEND=onnxruntime|onnxruntime-cuda|tract-cpu|tract-cuda HIGHSERVE_BENCH_FP16=1 \
 //! HIGHSERVE_BENCH_BATCHES=1,8,32 HIGHSERVE_BENCH_SECONDS=3 \
 //!   cargo bench -p gpu-worker --bench engine
 //! ```
@@ -38,17 +39,21 @@ fn main() {
     let max_batch = *batches.iter().max().expect("at least one batch size");
     let shapes: Vec<Vec<i64>> = vec![std::iter::once(-1).chain(row.iter().copied()).collect()];
     let mut backend: Box<dyn Backend> = match backend_name.as_str() {
-        "onnxruntime" => {
-            init_runtime(&root.join(".cache/onnxruntime/libonnxruntime.so")).expect("ONNX Runtime loads");
+        "onnxruntime" | "onnxruntime-cuda" => {
+            let library = env("HIGHSERVE_BENCH_ONNXRUNTIME", ".cache/onnxruntime/libonnxruntime.so");
+            init_runtime(&root.join(library)).expect("ONNX Runtime loads");
             let threads: usize = env("HIGHSERVE_BENCH_THREADS", "1").parse().expect("threads");
-            let opts = OnnxOptions { intra_op_threads: threads, spinning: false };
-            Box::new(OnnxBackend::load(&model, &opts).expect("model loads"))
+            let cuda_device = (backend_name == "onnxruntime-cuda").then_some(0);
+            let opts = OnnxOptions { intra_op_threads: threads, spinning: false, cuda_device };
+            Box::new(OnnxBackend::load(&model, &opts).unwrap_or_else(|e| panic!("{e}")))
         }
         "tract-cpu" | "tract-cuda" => {
             let target = if backend_name == "tract-cuda" { Target::Cuda } else { Target::Cpu };
             Box::new(TractBackend::load(&model, TractOptions { target, fp16 }, Some(&shapes)).expect("model loads"))
         }
-        other => panic!("HIGHSERVE_BENCH_BACKEND = {other}; accepted: onnxruntime, tract-cpu, tract-cuda"),
+        other => {
+            panic!("HIGHSERVE_BENCH_BACKEND = {other}; accepted: onnxruntime, onnxruntime-cuda, tract-cpu, tract-cuda")
+        }
     };
     println!("{}", backend.describe());
     let per_row: usize = row.iter().product::<i64>() as usize;

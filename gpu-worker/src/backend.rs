@@ -32,6 +32,13 @@ pub enum BackendError {
     RuntimeMissing { path: String },
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: String, message: String },
+    #[error(
+        "the ONNX Runtime library {path} was built without the {provider} (the `onnxruntime` package's \
+         library has only the CPU one; `onnxruntime-gpu`'s has it), so inference.gpu_backend = \
+         \"onnxruntime-cuda\" cannot run; set it to \"tract-cuda\" or point inference.onnxruntime_library \
+         at a CUDA build"
+    )]
+    ProviderMissing { path: String, provider: &'static str },
     #[error("ONNX Runtime is not initialized; call onnx::init_runtime before loading a model (this is a bug)")]
     RuntimeNotInitialized,
     #[error("cannot load model {path}: {message}")]

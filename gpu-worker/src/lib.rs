@@ -19,4 +19,4 @@ mod test_util;
 pub mod tract;
 mod worker;
 
-pub use worker::{Config, WorkerError, run};
+pub use worker::{Config, GpuEngine, WorkerError, run};

@@ -21,6 +21,8 @@ use crate::backend::{self, Backend, BackendError, IoInfo, TensorView};
 
 /// The process's one ONNX Runtime environment; `ort` allows only one.
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+/// The library the environment came from, for error messages.
+static LIBRARY: Mutex<String> = Mutex::new(String::new());
 
 /// Loads the ONNX Runtime shared library and creates the environment. Later
 /// calls only check that `library` exists: the first library loaded stays
@@ -40,6 +42,7 @@ pub fn init_runtime(library: &Path) -> Result<(), BackendError> {
     let load_error = |message: String| BackendError::RuntimeLoad { path: path.clone(), message };
     let builder = ort::init_from(library).map_err(|e| load_error(e.to_string()))?;
     *env = Some(builder.with_name("highserve").with_telemetry(false).build().map_err(|e| load_error(e.to_string()))?);
+    *LIBRARY.lock().unwrap_or_else(|e| e.into_inner()) = path;
     Ok(())
 }
 
@@ -56,12 +59,32 @@ pub struct OnnxOptions {
     /// small machine spinning threads steal the cores the preproc workers
     /// need, for a latency gain only a saturated dedicated host notices.
     pub spinning: bool,
+    /// Run on this CUDA device through ONNX Runtime's CUDA execution provider
+    /// (`inference.gpu_backend = "onnxruntime-cuda"`); None: the CPU.
+    pub cuda_device: Option<i32>,
 }
 
 impl Default for OnnxOptions {
     fn default() -> Self {
-        OnnxOptions { intra_op_threads: 1, spinning: false }
+        OnnxOptions { intra_op_threads: 1, spinning: false, cuda_device: None }
     }
+}
+
+/// The CUDA execution provider for `device`, or an error naming what the
+/// loaded library has instead.
+fn cuda_provider(device: i32) -> Result<ort::ep::ExecutionProviderDispatch, BackendError> {
+    use ort::ep::ExecutionProvider;
+    // The providers a library lists are those it was built with: the
+    // `onnxruntime` wheel's has only the CPU one.
+    if !ort::ep::CUDA::is_available().map_err(|e| BackendError::Run(e.to_string()))? {
+        return Err(BackendError::ProviderMissing {
+            path: LIBRARY.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            provider: ort::ep::CUDA::NAME,
+        });
+    }
+    // error_on_failure: a provider that cannot start (its CUDA or cuDNN
+    // libraries missing) is an error, not a silent fall-back to the CPU.
+    Ok(ort::ep::CUDA::default().with_device_id(device).build().error_on_failure())
 }
 
 /// One ONNX Runtime session: one backend instance.
@@ -81,8 +104,14 @@ impl OnnxBackend {
             return Err(fail("no such file; `./scripts/fetch` downloads the bundled models".into()));
         }
         let step = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
+        let providers = match opts.cuda_device {
+            Some(device) => vec![cuda_provider(device)?],
+            None => Vec::new(),
+        };
         let session = Session::builder(&env)
             .map_err(|e| fail(e.to_string()))?
+            .with_execution_providers(providers)
+            .map_err(step)?
             // Batches already give a model all the parallelism one instance
             // can use; parallel graph branches would only add threads.
             .with_inter_threads(1)
@@ -105,7 +134,10 @@ impl OnnxBackend {
             n => format!("{n} intra-op thread{}", if n == 1 { "" } else { "s" }),
         };
         let spinning = if opts.spinning { ", spinning" } else { "" };
-        let description = format!("onnxruntime CPU: {} ({threads}{spinning})", model_file.display());
+        let description = match opts.cuda_device {
+            Some(d) => format!("onnxruntime CUDA execution provider, device {d}: {}", model_file.display()),
+            None => format!("onnxruntime CPU: {} ({threads}{spinning})", model_file.display()),
+        };
         Ok(OnnxBackend { session, inputs, outputs, description })
     }
 
@@ -333,6 +365,20 @@ mod tests {
             }
             let sum: f32 = batched.iter().sum();
             assert!((sum - 1.0).abs() <= 1e-5, "row {row}: softmax sums to {sum}");
+        }
+    }
+
+    #[test]
+    fn cuda_provider_missing_is_a_clear_error() {
+        runtime();
+        // `./scripts/fetch` installs the `onnxruntime` wheel's library, a CPU
+        // build: asking it for the CUDA provider must fail, naming the library
+        // and the ways out, not fall back to the CPU unannounced.
+        let file = repo_path("models/ppocr_cls/1/model.onnx");
+        let opts = OnnxOptions { cuda_device: Some(0), ..OnnxOptions::default() };
+        let e = OnnxBackend::load(need(&file), &opts).err().expect("a CPU build has no CUDA provider").to_string();
+        for part in ["libonnxruntime.so", "CUDAExecutionProvider", "onnxruntime-gpu", "\"tract-cuda\""] {
+            assert!(e.contains(part), "`{part}` missing from: {e}");
         }
     }
 

@@ -40,6 +40,18 @@ pub struct Config {
     /// The GPU this worker drives (visible to it as CUDA ordinal 0 through
     /// CUDA_VISIBLE_DEVICES); None: the CPU backends.
     pub cuda_device: Option<u32>,
+    /// What runs the models on that GPU.
+    pub gpu_engine: GpuEngine,
+}
+
+/// What runs models on a GPU (`inference.gpu_backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuEngine {
+    /// tract-cuda: NVRTC kernels, cuDNN, cuBLAS; one CUDA stream per instance.
+    #[default]
+    TractCuda,
+    /// ONNX Runtime's CUDA execution provider, where the loaded library has it.
+    OnnxRuntimeCuda,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,21 +66,33 @@ pub enum WorkerError {
     Thread(std::io::Error),
 }
 
-/// The backend for one instance: on a GPU, tract-cuda (one CUDA stream per
-/// instance thread); on the CPU, the model's `backend`.
+/// The backend for one instance: on a GPU, the daemon's GPU engine
+/// (tract-cuda: one CUDA stream per instance thread); on the CPU, the
+/// model's `backend`.
 fn open_backend(
     file: &std::path::Path,
     opts: &OnnxOptions,
     config: &model_repo::ModelConfig,
-    on_gpu: bool,
+    gpu: Option<GpuEngine>,
 ) -> Result<Box<dyn backend::Backend>, BackendError> {
     let fp16 = config.precision == model_repo::Precision::Fp16;
     let shapes: Vec<Vec<i64>> = config.inputs.iter().map(|t| config.full_shape(t)).collect();
     let tract = |target, fp16| TractBackend::load(file, TractOptions { target, fp16 }, Some(&shapes));
-    Ok(match (on_gpu, config.backend.as_str()) {
-        (true, _) => Box::new(tract(Target::Cuda, fp16)?),
-        (false, "tract") => Box::new(tract(Target::Cpu, false)?),
-        (false, _) => Box::new(OnnxBackend::load(file, opts)?),
+    Ok(match (gpu, config.backend.as_str()) {
+        (Some(GpuEngine::TractCuda), _) => Box::new(tract(Target::Cuda, fp16)?),
+        (Some(GpuEngine::OnnxRuntimeCuda), _) if fp16 => {
+            return Err(BackendError::ConfigMismatch(
+                "precision = \"fp16\" needs inference.gpu_backend = \"tract-cuda\": ONNX Runtime's CUDA \
+                 execution provider computes in the model file's own types (give it an FP16 file instead)"
+                    .into(),
+            ));
+        }
+        // The worker sees only its GPU, as ordinal 0 (CUDA_VISIBLE_DEVICES).
+        (Some(GpuEngine::OnnxRuntimeCuda), _) => {
+            Box::new(OnnxBackend::load(file, &OnnxOptions { cuda_device: Some(0), ..opts.clone() })?)
+        }
+        (None, "tract") => Box::new(tract(Target::Cpu, false)?),
+        (None, _) => Box::new(OnnxBackend::load(file, opts)?),
     })
 }
 
@@ -222,9 +246,10 @@ fn load_model(
     let opts = OnnxOptions {
         intra_op_threads: model.config.intra_op_threads.map(|n| n as usize).unwrap_or(cfg.intra_op_threads),
         spinning: false,
+        cuda_device: None,
     };
     let file = model.file(model.latest());
-    let on_gpu = cfg.cuda_device.is_some();
+    let gpu = cfg.cuda_device.map(|_| cfg.gpu_engine);
     let err = |source| WorkerError::Backend { model: model.name.clone(), source };
     let mut instances = Vec::new();
     let load_started = std::time::Instant::now();
@@ -250,7 +275,7 @@ fn load_model(
             .name(format!("{}-{k}", model.name))
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let backend = open_backend(&file, &opts, &config, on_gpu)
+                let backend = open_backend(&file, &opts, &config, gpu)
                     .and_then(|b| backend::check_config(b.as_ref(), &config).map(|()| b));
                 match backend {
                     Ok(b) => {
