@@ -34,9 +34,10 @@ default and the test suite are unchanged:
 and serves it with `highserve serve --models .cache/models-bench --load
 resnet50` (or `--load ppocr_cls`). With --check it then runs the model in
 onnxruntime at batch 1 and 8 and checks the shapes and that the logits are
-finite and of sane size. Runs with the peers' venv (.cache/venv-peers, made
-by scripts/side_by_side), starting itself with that venv's Python when the
-`onnx` package is not importable here.
+finite and of sane size. Needs only numpy (it writes the ONNX protobuf
+itself, so it also runs on a GPU host that has PyTorch but not the `onnx`
+package); --check needs onnxruntime. Where numpy is missing it starts itself
+with the peers' venv (.cache/venv-peers, made by scripts/side_by_side).
 """
 
 import argparse
@@ -94,45 +95,102 @@ top_k = 5
 softmax = true
 """
 
+# On a GPU the batch size is what buys throughput (an H100 runs ResNet-50 at
+# batch 1 far below its peak), and each instance is a CUDA stream: four
+# streams let a batch copy in, one compute and one copy out while the
+# batcher fills the next. A lone request waits at most 1 ms for company.
+GPU_CONFIG = CONFIG.replace("max_batch_size = 2\ninstances = 2\n", "max_batch_size = 128\ninstances = 4\n").replace(
+    "max_queue_delay_microseconds = 0\n", "max_queue_delay_microseconds = 1000\npreferred_batch_size = [64, 128]\n")
+assert GPU_CONFIG != CONFIG and "max_batch_size = 128" in GPU_CONFIG and "delay_microseconds = 1000" in GPU_CONFIG
+
 
 def ensure_python():
     try:
-        import onnx  # noqa: F401
         import numpy  # noqa: F401
     except ImportError:
         if VENV_PY.exists() and Path(sys.prefix).resolve() != VENV_PY.parent.parent.resolve():
             os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])
-        sys.exit("make_resnet50: needs the onnx and numpy packages: run scripts/side_by_side "
-                 "(it makes .cache/venv-peers) or pip install -r scripts/requirements-peers.txt")
+        sys.exit("make_resnet50: needs numpy: run scripts/side_by_side "
+                 "(it makes .cache/venv-peers) or pip install numpy")
+
+
+# --- ONNX protobuf, written directly -------------------------------------------
+# The few onnx.proto (proto2) messages this model needs, encoded field by field
+# in field-number order, as protobuf's deterministic serializer does: the bytes
+# are the same as onnx.helper + SerializeToString(deterministic=True) would
+# write, without needing the onnx package (a GPU host with PyTorch may lack it).
+
+def _varint(n):
+    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _int(field, value):
+    return _varint(field << 3) + _varint(value)
+
+
+def _len(field, payload):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+_FLOAT, _INT, _INTS = 1, 2, 7  # TensorProto.FLOAT; AttributeProto.INT, INTS
+
+
+def _attribute(name, value):
+    if isinstance(value, int):
+        return _len(1, name) + _int(3, value) + _int(20, _INT)
+    return _len(1, name) + b"".join(_int(8, v) for v in value) + _int(20, _INTS)
+
+
+def _node(op, inputs, outputs, name, **attrs):
+    return (b"".join(_len(1, i) for i in inputs) + b"".join(_len(2, o) for o in outputs) + _len(3, name)
+            + _len(4, op) + b"".join(_len(5, _attribute(k, v)) for k, v in sorted(attrs.items())))
+
+
+def _tensor(name, array):
+    return b"".join(_int(1, d) for d in array.shape) + _int(2, _FLOAT) + _len(8, name) + _len(9, array.tobytes())
+
+
+def _value_info(name, dims):
+    shape = b"".join(_len(1, _len(2, d) if isinstance(d, str) else _int(1, d)) for d in dims)
+    return _len(1, name) + _len(2, _len(1, _int(1, _FLOAT) + _len(2, shape)))
 
 
 def build():
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.RandomState(0)
     nodes, inits = [], []
+    params = 0
 
     def const(name, array):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        nonlocal params
+        array = np.ascontiguousarray(array, dtype="<f4")
+        params += array.size
+        inits.append(_tensor(name, array))
         return name
 
     def conv(x, name, cin, cout, k, stride, relu, gain=1.0):
         w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k)) * gain
         b = rng.standard_normal(cout) * 0.01
         y = f"{name}.out"
-        nodes.append(helper.make_node(
-            "Conv", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], [y], name=name,
-            kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4))
+        nodes.append(_node("Conv", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], [y], name,
+                           kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4))
         if relu:
-            nodes.append(helper.make_node("Relu", [y], [f"{name}.relu"], name=f"{name}.relu"))
+            nodes.append(_node("Relu", [y], [f"{name}.relu"], f"{name}.relu"))
             return f"{name}.relu"
         return y
 
     x = conv("input", "conv1", 3, 64, 7, 2, relu=True)
-    nodes.append(helper.make_node("MaxPool", [x], ["maxpool.out"], name="maxpool",
-                                  kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    nodes.append(_node("MaxPool", [x], ["maxpool.out"], "maxpool",
+                       kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
     x, cin = "maxpool.out", 64
     for stage, (width, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 1):
         for b in range(blocks):
@@ -143,26 +201,23 @@ def build():
             y = conv(y, f"{p}.conv2", width, width, 3, s, relu=True)  # v1.5: stride on the 3x3
             y = conv(y, f"{p}.conv3", width, cout, 1, 1, relu=False, gain=0.2)
             short = conv(x, f"{p}.downsample", cin, cout, 1, s, relu=False) if b == 0 else x
-            nodes.append(helper.make_node("Add", [y, short], [f"{p}.add"], name=f"{p}.add"))
-            nodes.append(helper.make_node("Relu", [f"{p}.add"], [f"{p}.out"], name=f"{p}.relu"))
+            nodes.append(_node("Add", [y, short], [f"{p}.add"], f"{p}.add"))
+            nodes.append(_node("Relu", [f"{p}.add"], [f"{p}.out"], f"{p}.relu"))
             x, cin = f"{p}.out", cout
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool.out"], name="avgpool"))
-    nodes.append(helper.make_node("Flatten", ["avgpool.out"], ["flatten.out"], name="flatten", axis=1))
+    nodes.append(_node("GlobalAveragePool", [x], ["avgpool.out"], "avgpool"))
+    nodes.append(_node("Flatten", ["avgpool.out"], ["flatten.out"], "flatten", axis=1))
     fc_w = const("fc.weight", rng.standard_normal((1000, 2048)) * np.sqrt(1.0 / 2048))
     fc_b = const("fc.bias", rng.standard_normal(1000) * 0.01)
-    nodes.append(helper.make_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], name="fc", transB=1))
+    nodes.append(_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], "fc", transB=1))
 
-    graph = helper.make_graph(
-        nodes, "resnet50",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="highserve scripts/make_resnet50.py", producer_version="1")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    params = sum(int(np.prod(t.dims)) for t in inits)
-    return model.SerializeToString(deterministic=True), params
+    # GraphProto: node 1, name 2, initializer 5, input 11, output 12.
+    graph = (b"".join(_len(1, n) for n in nodes) + _len(2, "resnet50") + b"".join(_len(5, t) for t in inits)
+             + _len(11, _value_info("input", ["N", 3, 224, 224])) + _len(12, _value_info("logits", ["N", 1000])))
+    # ModelProto: ir_version 1 (8), producer_name 2, producer_version 3,
+    # graph 7, opset_import 8 (the default domain "", version 17).
+    model = (_int(1, 8) + _len(2, "highserve scripts/make_resnet50.py") + _len(3, "1") + _len(7, graph)
+             + _len(8, _len(1, "") + _int(2, 17)))
+    return model, params
 
 
 def check(path):
@@ -206,13 +261,15 @@ def main():
                     help="benchmark model repository (default .cache/models-bench)")
     ap.add_argument("--check", action="store_true", help="run it in onnxruntime at batch 1 and 8")
     ap.add_argument("--force", action="store_true", help="rebuild the model even if it is there")
+    ap.add_argument("--gpu", action="store_true",
+                    help="write the GPU configuration instead (batches of up to 128, 4 instances = CUDA streams)")
     args = ap.parse_args()
     ensure_python()
     repo = args.repository.resolve()
     model_dir = repo / "resnet50"
     dest = model_dir / "1" / "model.onnx"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.toml").write_text(CONFIG)
+    (model_dir / "config.toml").write_text(GPU_CONFIG if args.gpu else CONFIG)
     link_ppocr_cls(repo)
     if args.force or not dest.exists():
         data, params = build()
