@@ -113,8 +113,13 @@ def ort(args):
     n = cores()
     x = model.preprocess(args.image.read_bytes())[None]
     batches = [int(b) for b in args.batches.split(",")]
-    configs = {f"{n} sessions x 1 thread": [model.session(1) for _ in range(n)],
-               f"1 session x {n} threads": [model.session(n)]}
+    makers = {f"{n} sessions x 1 thread": lambda: [model.session(1) for _ in range(n)],
+              f"1 session x {n} threads": lambda: [model.session(n)]}
+    if args.config:
+        if args.config not in makers:
+            sys.exit(f"engine_limit: --config {args.config!r}; accepted: {', '.join(map(repr, makers))}")
+        makers = {args.config: makers[args.config]}
+    configs = {name: make() for name, make in makers.items()}
     points = []
     for name, sessions in configs.items():
         for b in batches:
@@ -134,6 +139,7 @@ def main():
     ap.add_argument("--seconds", type=float, help="seconds per measurement (cost: 2, ort: 3)")
     ap.add_argument("--batch", type=int, help="cost: the batch size for the batched model figure")
     ap.add_argument("--batches", default="1,2,4,8,16", help="ort: batch sizes (default 1,2,4,8,16)")
+    ap.add_argument("--config", help="ort: only this configuration (e.g. '2 sessions x 1 thread')")
     args = ap.parse_args()
     if args.seconds is None:
         args.seconds = 2.0 if args.what == "cost" else 3.0
