@@ -11,9 +11,10 @@
     the files exactly as the wheel has them instead (to measure the rewrite)
   - with --test: a Python venv for the client tests (.cache/venv), the test
     images (.cache/testdata/) and the OCR test set (.cache/ocrset/: images and
-    manifest.json, from scripts/make_ocr_testset.py), and NVRTC (from PyPI's
-    nvidia-cuda-nvrtc wheel, CUDA 13.0) into .cache/cuda/lib/ so the GPU
-    kernels' compile test runs on machines without CUDA
+    manifest.json, from scripts/make_ocr_testset.py), and NVRTC and nvJPEG
+    (from PyPI's nvidia-cuda-nvrtc and nvidia-nvjpeg wheels, CUDA 13.0) into
+    .cache/cuda/lib/ so the GPU kernels' compile test and nvJPEG's loading
+    test run on machines without CUDA
   - with --ref: a second venv, .cache/venv-ref, with the OCR reference
     (rapidocr-onnxruntime 1.4.4 and its pinned dependencies from
     scripts/requirements-ref.txt, installed with --no-deps) for
@@ -67,6 +68,15 @@ NVRTC = (
     "ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575",
     ["--platform", "manylinux2010_x86_64", "--platform", "manylinux_2_12_x86_64", "--python-version", "3.12",
      "--implementation", "py"],
+)
+# nvJPEG (CUDA 13.0) carries its own CUDA runtime: it loads and reports its
+# version without a GPU, which the test suite checks; gpu-check packs it for
+# the GPU host, whose toolkit may lack it.
+NVJPEG = (
+    "nvidia-nvjpeg==13.0.2.28",
+    "nvidia_nvjpeg-13.0.2.28-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    "5d7080cfcd8d1eefb0d7fd1086011c8aa09e9c66c4e1fe69a87321a51acce556",
+    ["--platform", "manylinux_2_17_x86_64", "--python-version", "3.12", "--implementation", "py"],
 )
 MODELS = {
     "ppocr_det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
@@ -251,17 +261,25 @@ def fetch_ocrset(py):
     log(f"OCR test set in {out.relative_to(ROOT)}")
 
 
-def fetch_nvrtc():
+def fetch_cuda_lib(what, pin, names):
+    """Extracts `names` from a pinned nvidia-* wheel into .cache/cuda/lib."""
     out = CACHE / "cuda" / "lib"
-    names = ["libnvrtc.so.13", "libnvrtc-builtins.so.13.0"]
-    stamp = out / ".sha256"
-    if stamp.exists() and stamp.read_text().strip() == NVRTC[2] and all((out / n).exists() for n in names):
+    stamp = out / f".{what}.sha256"
+    if stamp.exists() and stamp.read_text().strip() == pin[2] and all((out / n).exists() for n in names):
         return
-    wheel = download(NVRTC)
+    wheel = download(pin)
     for n in names:
         extract(wheel, f"nvidia/cu13/lib/{n}", out / n)
-    stamp.write_text(NVRTC[2] + "\n")
-    log(f"NVRTC in {out.relative_to(ROOT)}")
+    stamp.write_text(pin[2] + "\n")
+    log(f"{what} in {out.relative_to(ROOT)}")
+
+
+def fetch_nvrtc():
+    fetch_cuda_lib("NVRTC", NVRTC, ["libnvrtc.so.13", "libnvrtc-builtins.so.13.0"])
+
+
+def fetch_nvjpeg():
+    fetch_cuda_lib("nvJPEG", NVJPEG, ["libnvjpeg.so.13"])
 
 
 def fetch_ref_env():
@@ -286,6 +304,7 @@ def main():
         fetch_testdata(py)
         fetch_ocrset(py)
         fetch_nvrtc()
+        fetch_nvjpeg()
     if args.ref:
         fetch_ref_env()
 

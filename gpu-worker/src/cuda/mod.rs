@@ -10,4 +10,5 @@
 pub mod device;
 pub mod kernels;
 pub mod libs;
+pub mod nvjpeg;
 pub mod pinned;
