@@ -4,7 +4,8 @@
 //! text line, both written as FP32 NCHW.
 //!
 //! `cargo bench -p preproc-worker --bench preprocess` (another JPEG with
-//! `HIGHSERVE_BENCH_IMAGE=path`)
+//! `HIGHSERVE_BENCH_IMAGE=path`; only the measurements whose label contains
+//! `HIGHSERVE_BENCH_ONLY=text`; `HIGHSERVE_BENCH_ITERATIONS=n` instead of 300)
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -33,13 +34,19 @@ fn target(resize: ResizeMode, width: u32, height: u32, mean: [f32; 3], std: [f32
 }
 
 fn measure(name: &str, mut f: impl FnMut()) {
+    if std::env::var("HIGHSERVE_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
+    let iterations: u32 = std::env::var("HIGHSERVE_BENCH_ITERATIONS")
+        .map(|n| n.parse().expect("HIGHSERVE_BENCH_ITERATIONS is a number"))
+        .unwrap_or(ITERATIONS);
     // One untimed run warms the buffers, the LUTs and the caches.
     f();
     let start = Instant::now();
-    for _ in 0..ITERATIONS {
+    for _ in 0..iterations {
         f();
     }
-    let per_image = start.elapsed().as_secs_f64() / f64::from(ITERATIONS);
+    let per_image = start.elapsed().as_secs_f64() / f64::from(iterations);
     println!("{name:<58} {:>9.1} µs/image {:>8.0} images/s", per_image * 1e6, 1.0 / per_image);
 }
 
@@ -61,7 +68,7 @@ fn main() {
     let info = image::probe(&jpeg, &limits).expect("the test photo is a valid JPEG");
     let mut buf = Vec::new();
     let mut scratch = Scratch::default();
-    println!("{} ({}x{}), {ITERATIONS} iterations each, one thread", path, info.width, info.height);
+    println!("{} ({}x{}), one thread", path, info.width, info.height);
 
     measure("decode, full size", || {
         black_box(image::decode_into(black_box(&jpeg), &info, None, &mut buf).unwrap());
