@@ -24,7 +24,7 @@ pub async fn read_exact(body: &mut Incoming, dst: &mut [u8]) -> Result<(), ApiEr
             let end = at + data.len();
             if end > dst.len() {
                 return Err(ApiError::BadRequest(format!(
-                    "the body is longer than its Content-Length ({} bytes)",
+                    "the body has more than the {} bytes its headers declare",
                     dst.len()
                 )));
             }

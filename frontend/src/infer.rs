@@ -248,10 +248,14 @@ async fn frame_request(
             state.max_body_bytes
         )));
     }
-    if let Some(given) = len
-        && given != n
-    {
-        return Err(ApiError::BadRequest(format!("{what}; the body is {given} (Content-Length)")));
+    match len {
+        Some(given) if given != n => {
+            return Err(ApiError::BadRequest(format!("{what}; the body is {given} (Content-Length)")));
+        }
+        Some(_) => {}
+        // Chunked: the Content-Type gives the size, so it is reserved before
+        // reading and the body is read into the slot as with a Content-Length.
+        None => state.admission.reserve(permit, n)?,
     }
     let job = Job::new(state, model, index, None, None);
     let total = shm::frame::HEADER_LEN + n;
@@ -260,16 +264,7 @@ async fn frame_request(
     dst[..4].copy_from_slice(&(total as u32).to_le_bytes());
     dst[4..4 + shm::frame::HEADER_LEN].copy_from_slice(&frame.header());
     let pixels = &mut dst[4 + shm::frame::HEADER_LEN..4 + total];
-    if len.is_some() {
-        timed(state, body::read_exact(body, pixels)).await?;
-    } else {
-        let raw = timed(state, body::read_all(body, state.max_body_bytes, None)).await?;
-        state.admission.reserve(permit, raw.len())?;
-        if raw.len() != n {
-            return Err(ApiError::BadRequest(format!("{what}; the body is {}", raw.len())));
-        }
-        pixels.copy_from_slice(&raw);
-    }
+    timed(state, body::read_exact(body, pixels)).await?;
     track.received();
     finish_image(state, model, &job, slot, 4 + total).await
 }
