@@ -43,10 +43,10 @@ pub fn to_rgb(info: &FrameInfo, pixels: &[u8], buf: &mut Vec<u8>) {
     }
 }
 
-/// The largest power-of-two reduction (8, 4 or 2) that leaves the frame at
-/// least `target` in both sides, or 1: the frame counterpart of a JPEG's DCT
-/// scaling, so a 1280x720 frame for a 192x48 model converts and resizes a
-/// quarter or a sixteenth of its pixels.
+/// The largest power-of-two reduction (8, 4 or 2) that leaves the image at
+/// least `target` in both sides (sides rounded up), or 1. JPEGs use it for
+/// their DCT scaling, and frames for block means, so a 1280x720 frame for a
+/// 192x48 model converts and resizes a quarter or a sixteenth of its pixels.
 pub fn reduction(width: u32, height: u32, target: Option<(u32, u32)>) -> u32 {
     let Some((tw, th)) = target else { return 1 };
     [8, 4, 2].into_iter().find(|&f| width.div_ceil(f) >= tw && height.div_ceil(f) >= th).unwrap_or(1)

@@ -110,12 +110,13 @@ pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
         Ok(ImageFormat::Png)
     } else if shm::frame::is_frame(bytes) {
         // The frontend wrote the header; a bad one is a bug there, but still
-        // only this request's error.
-        let (info, _) = shm::frame::parse(bytes).map_err(|message| ImageError::Corrupt {
+        // only this request's error. `probe` checks the rest of it.
+        let code = bytes.get(8).copied().unwrap_or(u8::MAX);
+        let format = shm::frame::PixelFormat::from_u8(code).ok_or_else(|| ImageError::Corrupt {
             format: ImageFormat::Frame(shm::frame::PixelFormat::Rgb24),
-            message,
+            message: format!("unknown pixel format code {code}"),
         })?;
-        Ok(ImageFormat::Frame(info.format))
+        Ok(ImageFormat::Frame(format))
     } else {
         Err(ImageError::UnknownFormat { start: describe_start(bytes) })
     }
@@ -253,15 +254,17 @@ fn with_jpeg<T>(f: impl FnOnce(&mut Decompressor) -> Result<T, ImageError>) -> R
 /// Only the power-of-two factors: libjpeg-turbo has SIMD IDCTs for those
 /// alone, so 3/8 or 5/8 would decode slower than 1/2.
 fn jpeg_scale(width: usize, height: usize, lossless: bool, target: Option<(u32, u32)>) -> ScalingFactor {
-    let Some((tw, th)) = target else { return ScalingFactor::ONE };
     if lossless {
         // libjpeg-turbo cannot scale lossless JPEGs.
         return ScalingFactor::ONE;
     }
-    [ScalingFactor::ONE_EIGHTH, ScalingFactor::ONE_QUARTER, ScalingFactor::ONE_HALF]
-        .into_iter()
-        .find(|f| f.scale(width) >= tw as usize && f.scale(height) >= th as usize)
-        .unwrap_or(ScalingFactor::ONE)
+    // libjpeg-turbo rounds scaled sides up, as `reduction` does.
+    match crate::frame::reduction(width as u32, height as u32, target) {
+        8 => ScalingFactor::ONE_EIGHTH,
+        4 => ScalingFactor::ONE_QUARTER,
+        2 => ScalingFactor::ONE_HALF,
+        _ => ScalingFactor::ONE,
+    }
 }
 
 fn decode_jpeg(
