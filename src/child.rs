@@ -145,10 +145,7 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                 max_concurrent_batches: cfg.inference.max_concurrent_batches as usize,
                 spin,
                 cuda_device: spec.cuda_device,
-                gpu_engine: match cfg.inference.gpu_backend {
-                    crate::config::GpuBackend::TractCuda => gpu_worker::GpuEngine::TractCuda,
-                    crate::config::GpuBackend::OnnxRuntimeCuda => gpu_worker::GpuEngine::OnnxRuntimeCuda,
-                },
+                gpu_engine: cfg.inference.gpu_backend,
             };
             gpu_worker::run(gcfg, shutdown, || ready(None))?;
         }

@@ -106,7 +106,7 @@ pub struct Inference {
     pub cuda_library_path: Vec<PathBuf>,
     /// The backend that runs models on a GPU.
     #[serde(default)]
-    pub gpu_backend: GpuBackend,
+    pub gpu_backend: GpuEngine,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -122,18 +122,8 @@ pub enum DeviceChoice {
     Cpu,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum GpuBackend {
-    /// tract-cuda: kernels compiled by NVRTC, cuDNN convolutions, cuBLAS.
-    #[default]
-    #[serde(rename = "tract-cuda")]
-    TractCuda,
-    /// ONNX Runtime's CUDA execution provider; needs an ONNX Runtime library
-    /// built with it (the `onnxruntime-gpu` package's), else the inference
-    /// worker refuses to start, naming the library.
-    #[serde(rename = "onnxruntime-cuda")]
-    OnnxRuntimeCuda,
-}
+/// The backend that runs models on a GPU, as the inference worker knows it.
+pub use gpu_worker::GpuEngine;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -415,7 +405,7 @@ mod tests {
     #[test]
     fn both_gpu_backends_parse() {
         let base = std::fs::read_to_string(default_path()).unwrap();
-        for (name, want) in [("tract-cuda", GpuBackend::TractCuda), ("onnxruntime-cuda", GpuBackend::OnnxRuntimeCuda)] {
+        for (name, want) in [("tract-cuda", GpuEngine::TractCuda), ("onnxruntime-cuda", GpuEngine::OnnxRuntimeCuda)] {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("c.toml");
             std::fs::write(&p, base.replace("gpu_backend = \"tract-cuda\"", &format!("gpu_backend = \"{name}\"")))

@@ -19,10 +19,9 @@ use shm::tensor::DType;
 
 use crate::backend::{self, Backend, BackendError, IoInfo, TensorView};
 
-/// The process's one ONNX Runtime environment; `ort` allows only one.
-static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
-/// The library the environment came from, for error messages.
-static LIBRARY: Mutex<String> = Mutex::new(String::new());
+/// The process's one ONNX Runtime environment (`ort` allows only one) and
+/// the library it came from, for error messages.
+static ENVIRONMENT: Mutex<Option<(Environment, String)>> = Mutex::new(None);
 
 /// Loads the ONNX Runtime shared library and creates the environment. Later
 /// calls only check that `library` exists: the first library loaded stays
@@ -41,12 +40,12 @@ pub fn init_runtime(library: &Path) -> Result<(), BackendError> {
     }
     let load_error = |message: String| BackendError::RuntimeLoad { path: path.clone(), message };
     let builder = ort::init_from(library).map_err(|e| load_error(e.to_string()))?;
-    *env = Some(builder.with_name("highserve").with_telemetry(false).build().map_err(|e| load_error(e.to_string()))?);
-    *LIBRARY.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    let built = builder.with_name("highserve").with_telemetry(false).build().map_err(|e| load_error(e.to_string()))?;
+    *env = Some((built, path));
     Ok(())
 }
 
-fn environment() -> Result<Environment, BackendError> {
+fn environment() -> Result<(Environment, String), BackendError> {
     ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(BackendError::RuntimeNotInitialized)
 }
 
@@ -72,15 +71,12 @@ impl Default for OnnxOptions {
 
 /// The CUDA execution provider for `device`, or an error naming what the
 /// loaded library has instead.
-fn cuda_provider(device: i32) -> Result<ort::ep::ExecutionProviderDispatch, BackendError> {
+fn cuda_provider(device: i32, library: &str) -> Result<ort::ep::ExecutionProviderDispatch, BackendError> {
     use ort::ep::ExecutionProvider;
     // The providers a library lists are those it was built with: the
     // `onnxruntime` wheel's has only the CPU one.
     if !ort::ep::CUDA::is_available().map_err(|e| BackendError::Run(e.to_string()))? {
-        return Err(BackendError::ProviderMissing {
-            path: LIBRARY.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            provider: ort::ep::CUDA::NAME,
-        });
+        return Err(BackendError::ProviderMissing { path: library.to_string(), provider: ort::ep::CUDA::NAME });
     }
     // error_on_failure: a provider that cannot start (its CUDA or cuDNN
     // libraries missing) is an error, not a silent fall-back to the CPU.
@@ -98,14 +94,14 @@ pub struct OnnxBackend {
 impl OnnxBackend {
     /// Loads `model_file`; `init_runtime` must have succeeded first.
     pub fn load(model_file: &Path, opts: &OnnxOptions) -> Result<OnnxBackend, BackendError> {
-        let env = environment()?;
+        let (env, library) = environment()?;
         let fail = |message: String| BackendError::ModelLoad { path: model_file.display().to_string(), message };
         if !model_file.is_file() {
             return Err(fail("no such file; `./scripts/fetch` downloads the bundled models".into()));
         }
         let step = |e: ort::Error<ort::session::builder::SessionBuilder>| fail(e.to_string());
         let providers = match opts.cuda_device {
-            Some(device) => vec![cuda_provider(device)?],
+            Some(device) => vec![cuda_provider(device, &library)?],
             None => Vec::new(),
         };
         let session = Session::builder(&env)

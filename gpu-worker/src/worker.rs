@@ -44,13 +44,18 @@ pub struct Config {
     pub gpu_engine: GpuEngine,
 }
 
-/// What runs models on a GPU (`inference.gpu_backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What runs models on a GPU (`inference.gpu_backend` in the daemon's
+/// config, which deserializes straight into this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum GpuEngine {
     /// tract-cuda: NVRTC kernels, cuDNN, cuBLAS; one CUDA stream per instance.
     #[default]
+    #[serde(rename = "tract-cuda")]
     TractCuda,
-    /// ONNX Runtime's CUDA execution provider, where the loaded library has it.
+    /// ONNX Runtime's CUDA execution provider; needs an ONNX Runtime library
+    /// built with it (the `onnxruntime-gpu` package's), else the inference
+    /// worker refuses to start, naming the library.
+    #[serde(rename = "onnxruntime-cuda")]
     OnnxRuntimeCuda,
 }
 
