@@ -67,6 +67,11 @@ fn main() {
 
     let mut single = Decoder::new(api.clone(), Backend::Default).expect("handle");
     let info = single.info(&jpeg).expect("header");
+    // Whether the hardware backend takes a JPEG depends on its layout.
+    println!(
+        "{}x{}, {} components, chroma subsampling code {}",
+        info.width, info.height, info.components, info.subsampling
+    );
     let bytes = info.width as usize * info.height as usize * 3;
     let mut out = stream.alloc_zeros::<u8>(bytes).expect("alloc");
     let r = rate(seconds, 1, || {

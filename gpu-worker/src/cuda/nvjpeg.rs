@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUstream;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, SyncOnDrop};
 
 use super::libs;
 
@@ -170,7 +170,6 @@ pub struct Decoder {
     api: Arc<Nvjpeg>,
     handle: Handle,
     state: State,
-    backend: Backend,
     batch: Option<usize>,
 }
 
@@ -189,11 +188,7 @@ impl Decoder {
             unsafe { (api.destroy)(handle) };
             return Err(e);
         }
-        Ok(Decoder { api, handle, state, backend, batch: None })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
+        Ok(Decoder { api, handle, state, batch: None })
     }
 
     /// Reads the JPEG's header.
@@ -216,25 +211,33 @@ impl Decoder {
         Ok(Info { width: w[0] as u32, height: h[0] as u32, components: n as u32, subsampling: css })
     }
 
-    fn target(&self, jpeg: &[u8], out: &mut CudaSlice<u8>, stream: &CudaStream) -> Result<(Image, Info), NvjpegError> {
+    /// Where `jpeg` goes in `out`, and cudarc's guard for that write: it
+    /// records the write on `stream` when dropped, so it must live until the
+    /// decode is enqueued.
+    fn target<'a>(
+        &self,
+        jpeg: &[u8],
+        out: &'a mut CudaSlice<u8>,
+        stream: &'a CudaStream,
+    ) -> Result<(Image, Info, SyncOnDrop<'a>), NvjpegError> {
         let info = self.info(jpeg)?;
         let need = info.width as usize * info.height as usize * 3;
         if out.len() < need {
             return Err(NvjpegError::Output { have: out.len(), need, width: info.width, height: info.height });
         }
-        let (ptr, _sync) = out.device_ptr_mut(stream);
+        let (ptr, sync) = out.device_ptr_mut(stream);
         let image = Image {
             channel: [ptr as *mut u8, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()],
             pitch: [info.width as usize * 3, 0, 0, 0],
         };
-        Ok((image, info))
+        Ok((image, info, sync))
     }
 
     /// Enqueues one JPEG's decoding into `out` (interleaved RGB, width x
     /// height x 3 bytes) on `stream`. The Huffman stage runs on this thread
     /// before it returns; the rest runs on the stream.
     pub fn decode(&mut self, jpeg: &[u8], out: &mut CudaSlice<u8>, stream: &CudaStream) -> Result<Info, NvjpegError> {
-        let (mut image, info) = self.target(jpeg, out, stream)?;
+        let (mut image, info, _written) = self.target(jpeg, out, stream)?;
         // SAFETY: handle and state are ours; `jpeg` is live for the call
         // (nvJPEG copies what the GPU stage needs before returning);
         // `image` points at a device buffer of at least width*height*3
@@ -271,8 +274,11 @@ impl Decoder {
             self.batch = Some(jpegs.len());
         }
         let mut images = Vec::with_capacity(jpegs.len());
+        let mut written = Vec::with_capacity(jpegs.len());
         for (jpeg, out) in jpegs.iter().zip(outs.iter_mut()) {
-            images.push(self.target(jpeg, out, stream)?.0);
+            let (image, _, sync) = self.target(jpeg, out, stream)?;
+            images.push(image);
+            written.push(sync);
         }
         let data: Vec<*const u8> = jpegs.iter().map(|j| j.as_ptr()).collect();
         let lengths: Vec<usize> = jpegs.iter().map(|j| j.len()).collect();
