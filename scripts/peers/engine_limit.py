@@ -60,6 +60,10 @@ def cost(args):
     data = args.image.read_bytes()
     session = model.session(1)
     batch = args.batch or default_batch(model)
+    if args.model_only:
+        xb = np.repeat(model.preprocess(data)[None], batch, axis=0)
+        mb_cpu, _ = repeat_cpu(lambda: model.infer(session, xb), args.seconds)
+        return {"model": args.model, "batch": batch, "model_per_image_at_batch_ms": mb_cpu / batch * 1e3}
     decode_cpu, decode_wall = repeat_cpu(lambda: model.decode(data), args.seconds)
     im = model.decode(data)
     pre_cpu, _ = repeat_cpu(lambda: model.tensor(im), args.seconds)
@@ -140,6 +144,7 @@ def main():
     ap.add_argument("--batch", type=int, help="cost: the batch size for the batched model figure")
     ap.add_argument("--batches", default="1,2,4,8,16", help="ort: batch sizes (default 1,2,4,8,16)")
     ap.add_argument("--config", help="ort: only this configuration (e.g. '2 sessions x 1 thread')")
+    ap.add_argument("--model-only", action="store_true", help="cost: only the model's time per image at the batch")
     args = ap.parse_args()
     if args.seconds is None:
         args.seconds = 2.0 if args.what == "cost" else 3.0
