@@ -180,3 +180,35 @@ fn ocr_answers_no_text_with_no_lines_and_speaks_v2() {
     assert_eq!(m["platform"], "pipeline");
     assert_eq!(m["inputs"][0]["datatype"], "BYTES");
 }
+
+#[test]
+fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
+    // One slot large enough for a 1280x720 image's detector input (11.6 MB):
+    // six requests at once must take turns with it, and all get their answer.
+    // (The 8 MiB slots are for the recognizer's outputs, up to 6x its inputs.)
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), |c| {
+        let start = c.find("slots = [").expect("configs/default.toml has [shm] slots");
+        let end = start + c[start..].find(']').unwrap() + 1;
+        format!(
+            "{}slots = [{{ size = \"256KiB\", count = 256 }}, {{ size = \"2MiB\", count = 32 }}, \
+             {{ size = \"8MiB\", count = 16 }}, {{ size = \"48MiB\", count = 1 }}]{}",
+            &c[..start],
+            &c[end..]
+        )
+    });
+    let d = Daemon::start_with(&config, &["--load", "ocr"], &[]);
+    let path = root().join(".cache/ocrset/ocr_18_photo_1280x720.jpg");
+    let img = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run ./scripts/fetch --test", path.display()));
+    let alone = d.post(OCR, &[("Content-Type", "image/jpeg")], &img);
+    assert_eq!(alone.status, 200, "{}", alone.text());
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..6).map(|_| s.spawn(|| d.post(OCR, &[("Content-Type", "image/jpeg")], &img))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), d.log());
+        assert_eq!(r.json()["lines"], alone.json()["lines"]);
+    }
+}

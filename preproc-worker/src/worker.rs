@@ -46,15 +46,22 @@ pub enum WorkerError {
 pub(crate) struct Failure {
     pub status: Status,
     pub message: String,
+    /// No shared-memory slot was free (though one of the size exists): the
+    /// pipeline executor parks the request until one is, instead of failing it.
+    pub no_slot: bool,
 }
 
 impl Failure {
+    pub fn new(status: Status, message: impl Into<String>) -> Failure {
+        Failure { status, message: message.into(), no_slot: false }
+    }
+
     pub fn input(message: impl Into<String>) -> Failure {
-        Failure { status: Status::InvalidInput, message: message.into() }
+        Failure::new(Status::InvalidInput, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Failure {
-        Failure { status: Status::Internal, message: message.into() }
+        Failure::new(Status::Internal, message)
     }
 }
 
@@ -65,7 +72,9 @@ impl From<ShmError> for Failure {
         } else {
             Status::Internal
         };
-        Failure { status, message: e.to_string() }
+        // NoSlot for more than the largest slot can never succeed: not worth waiting for.
+        let no_slot = matches!(e, ShmError::NoSlot { wanted, largest } if wanted <= largest);
+        Failure { status, message: e.to_string(), no_slot }
     }
 }
 
@@ -109,10 +118,25 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     let mut next_sweep = shm::now_ns();
     while !shutdown.load(Ordering::Acquire) {
         region.beat(me);
-        // Wake up now and then while pipeline requests wait, to time them out.
-        let wait = if engine.active() > 0 { Duration::from_millis(50) } else { Duration::from_millis(500) };
+        // Wake up now and then while pipeline requests wait, to time them out,
+        // and every millisecond while some wait for a free slot (no process
+        // is told when another frees one).
+        let wait = if engine.parked() > 0 {
+            Duration::from_millis(1)
+        } else if engine.active() > 0 {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(500)
+        };
         if let Some((from, d)) = inbox.recv(Some(wait), cfg.spin) {
             worker.handle(from, d, &mut engine);
+        }
+        if engine.parked() > 0
+            && let Ok(gpu) = worker.pick_gpu()
+        {
+            for (d, f) in engine.retry_parked(&worker.io(gpu)) {
+                worker.fail(&d, f);
+            }
         }
         let now = shm::now_ns();
         if now >= next_sweep {
@@ -245,10 +269,7 @@ impl Worker {
         let region = self.pool.region();
         let ready = |o: &Outbox| region.proc_state(o.to()) == ProcState::Ready;
         (0..self.gpus.len()).filter(|&i| ready(&self.gpus[i])).min_by_key(|&i| self.gpus[i].backlog()).ok_or_else(
-            || Failure {
-                status: Status::Unavailable,
-                message: "no inference worker is ready (it is restarting); retry shortly".into(),
-            },
+            || Failure::new(Status::Unavailable, "no inference worker is ready (it is restarting); retry shortly"),
         )
     }
 
@@ -307,10 +328,8 @@ impl Worker {
 
 /// Sends `slot` with `d`, waiting up to a second while the lane is full.
 pub(crate) fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
-    out.send_slot_wait(d, slot, Duration::from_secs(1)).map_err(|e| Failure {
-        status: Status::Unavailable,
-        message: format!("the {:?} process is not keeping up: {e}", out.to()),
-    })
+    out.send_slot_wait(d, slot, Duration::from_secs(1))
+        .map_err(|e| Failure::new(Status::Unavailable, format!("the {:?} process is not keeping up: {e}", out.to())))
 }
 
 /// The tensor shape of one image (without the batch dimension).

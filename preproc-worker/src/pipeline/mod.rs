@@ -6,10 +6,19 @@
 //! One request may fan out into several model requests (e.g. one per
 //! recognizer width bucket); the step after a model step runs when all of them
 //! are back.
+//!
+//! A step that finds no free shared-memory slot of the size it needs (large
+//! images each hold a detector input of several MiB, and the large slot
+//! classes are few) does not fail its request: the request is parked, holding
+//! no slot, and its step runs again when the worker next looks (every
+//! millisecond while any are parked), oldest first, until its deadline. New
+//! requests queue behind parked ones. Slots are freed by the other requests
+//! as they move on, so a burst of large images waits its turn instead of
+//! getting 503s.
 
 mod ocr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,6 +122,9 @@ struct Def {
 pub struct Engine {
     defs: HashMap<u16, Arc<Def>>,
     active: HashMap<u64, Ctx>,
+    /// Requests waiting for a free slot (in `active` too), oldest first; ids
+    /// of requests that expired or were cancelled meanwhile are skipped.
+    parked: VecDeque<u64>,
 }
 
 impl Engine {
@@ -137,7 +149,7 @@ impl Engine {
             }
             defs.insert(i as u16, Arc::new(Def { index: i as u16, name: m.name.clone(), steps }));
         }
-        Ok(Engine { defs, active: HashMap::new() })
+        Ok(Engine { defs, active: HashMap::new(), parked: VecDeque::new() })
     }
 
     pub fn is_pipeline(&self, model: u16) -> bool {
@@ -151,6 +163,39 @@ impl Engine {
 
     pub fn active(&self) -> usize {
         self.active.len()
+    }
+
+    /// How many requests wait for a free slot.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Runs the parked requests' steps again, oldest first, until one still
+    /// finds no slot (it stays first in line). Returns the requests that
+    /// failed meanwhile, for the caller to report.
+    pub fn retry_parked(&mut self, io: &Io) -> Vec<(Descriptor, Failure)> {
+        let mut failed = Vec::new();
+        while let Some(id) = self.parked.pop_front() {
+            let Some(ctx) = self.active.remove(&id) else { continue };
+            let Some(def) = self.defs.get(&ctx.desc.model).cloned() else { continue };
+            let desc = ctx.desc;
+            let before = self.parked.len();
+            if let Err(f) = self.advance(io, &def, ctx) {
+                failed.push((desc, f));
+            } else if self.parked.len() > before {
+                // Parked again, at the back: put it back in front and stop.
+                let again = self.parked.pop_back().expect("just parked");
+                self.parked.push_front(again);
+                break;
+            }
+        }
+        failed
+    }
+
+    fn park(&mut self, ctx: Ctx) {
+        tracing::debug!(request_id = ctx.desc.request_id, step = ctx.step, "no free shared-memory slot; waiting");
+        self.parked.push_back(ctx.desc.request_id);
+        self.active.insert(ctx.desc.request_id, ctx);
     }
 
     /// Starts request `d`, whose encoded image is `image`.
@@ -174,6 +219,11 @@ impl Engine {
             sent_at: started,
             lines: None,
         };
+        if !self.parked.is_empty() {
+            // Behind the requests already waiting for a slot.
+            self.park(ctx);
+            return Ok(());
+        }
         self.advance(io, &def, ctx)
     }
 
@@ -220,17 +270,34 @@ impl Engine {
 
     /// Runs CPU steps until a model step sends work out (the context is then
     /// parked) or the pipeline ends (the answer goes to the frontend).
+    /// Parks it instead when a step (or the answer) finds no free slot.
     fn advance(&mut self, io: &Io, def: &Def, mut ctx: Ctx) -> Result<(), Failure> {
         loop {
             let Some(step) = def.steps.get(ctx.step) else {
-                return finish(io, def, ctx);
+                return match finish(io, def, &ctx) {
+                    Err(f) if f.no_slot => {
+                        self.park(ctx);
+                        Ok(())
+                    }
+                    done => done,
+                };
             };
             match step {
                 StepRt::Cpu(cpu) => {
                     let started = Instant::now();
                     // A panic here drops the request's context with it.
-                    contain(|| cpu.run(&mut ctx, io))
-                        .map_err(|panic| Failure::internal(format!("pipeline step failed: {panic}")))??;
+                    match contain(|| cpu.run(&mut ctx, io))
+                        .map_err(|panic| Failure::internal(format!("pipeline step failed: {panic}")))?
+                    {
+                        Ok(()) => {}
+                        Err(f) if f.no_slot => {
+                            // Nothing half-done is kept: the step can run again.
+                            ctx.pending.clear();
+                            self.park(ctx);
+                            return Ok(());
+                        }
+                        Err(f) => return Err(f),
+                    }
                     record(io, def, ctx.step, started);
                     ctx.step += 1;
                 }
@@ -286,8 +353,9 @@ fn record(io: &Io, def: &Def, step: usize, started: Instant) {
 }
 
 /// Sends the answer: JSON for image requests, output tensors for v2 ones.
-fn finish(io: &Io, def: &Def, ctx: Ctx) -> Result<(), Failure> {
-    let lines = ctx.lines.ok_or_else(|| Failure::internal(format!("pipeline `{}` made no answer", def.name)))?;
+fn finish(io: &Io, def: &Def, ctx: &Ctx) -> Result<(), Failure> {
+    let lines =
+        ctx.lines.as_ref().ok_or_else(|| Failure::internal(format!("pipeline `{}` made no answer", def.name)))?;
     let d = ctx.desc;
     if d.flags & FLAG_POSTPROCESS != 0 {
         let json = serde_json::to_vec(&serde_json::json!({
@@ -305,7 +373,7 @@ fn finish(io: &Io, def: &Def, ctx: Ctx) -> Result<(), Failure> {
     // v2: text (BYTES [n]), score (FP32 [n]), box (FP32 [n, 4, 2]).
     let n = lines.len();
     let mut text = Vec::new();
-    for l in &lines {
+    for l in lines {
         text.extend_from_slice(&(l.text.len() as u32).to_le_bytes());
         text.extend_from_slice(l.text.as_bytes());
     }
@@ -327,8 +395,5 @@ fn finish(io: &Io, def: &Def, ctx: Ctx) -> Result<(), Failure> {
 
 /// The failure of an expired request, for the frontend.
 pub fn timeout_failure() -> Failure {
-    Failure {
-        status: Status::Timeout,
-        message: "the request timed out in the pipeline (parameter `timeout` or the server default)".into(),
-    }
+    Failure::new(Status::Timeout, "the request timed out in the pipeline (parameter `timeout` or the server default)")
 }

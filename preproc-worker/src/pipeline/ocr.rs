@@ -41,6 +41,8 @@ pub struct Region {
 pub struct State {
     image: Option<algo::Rgb>,
     prep: Option<algo::DetPrep>,
+    /// The detector's boxes are in `regions` (which may be empty).
+    detected: bool,
     regions: Vec<Region>,
 }
 
@@ -114,48 +116,59 @@ impl CpuStep {
         })
     }
 
+    /// Runs the step on `ctx`. A step that fails for want of a free
+    /// shared-memory slot (`Failure::no_slot`) has changed nothing that a
+    /// second run would do differently, so the executor can run it again
+    /// once a slot is free: the work before the allocation is kept in `ctx`
+    /// (the prepared image, the boxes) or only read from it (the model's
+    /// answers), and nothing is changed in place before every slot is taken.
     pub fn run(&self, ctx: &mut Ctx, io: &Io) -> Result<(), Failure> {
         let id = ctx.desc.request_id;
         match self {
             CpuStep::DetPre(p) => {
-                let image = ctx.ocr.image.take().ok_or_else(|| Failure::internal("no image to detect text in"))?;
-                let sizes = algo::det_sizes(image.width, image.height, p).map_err(ocr_failure)?;
-                // The detector input must fit one shared-memory slot: 12 bytes a
-                // pixel. A very thin image is scaled up until its short side is
-                // limit_side_len, which can make it enormous.
-                let pixels = sizes.input_w as u64 * sizes.input_h as u64;
-                let limit = (io.pool.largest() as u64).saturating_sub(4096) / 12;
-                if pixels > limit {
-                    return Err(Failure::input(format!(
-                        "a {}x{} image needs a {}x{} detector input ({pixels} pixels); the largest shared-memory \
-                         slot holds {limit} (config: shm.slots)",
-                        image.width, image.height, sizes.input_w, sizes.input_h
-                    )));
+                if ctx.ocr.prep.is_none() {
+                    let image = ctx.ocr.image.take().ok_or_else(|| Failure::internal("no image to detect text in"))?;
+                    let sizes = algo::det_sizes(image.width, image.height, p).map_err(ocr_failure)?;
+                    // The detector input must fit one shared-memory slot: 12 bytes a
+                    // pixel. A very thin image is scaled up until its short side is
+                    // limit_side_len, which can make it enormous.
+                    let pixels = sizes.input_w as u64 * sizes.input_h as u64;
+                    let limit = (io.pool.largest() as u64).saturating_sub(4096) / 12;
+                    if pixels > limit {
+                        return Err(Failure::input(format!(
+                            "a {}x{} image needs a {}x{} detector input ({pixels} pixels); the largest \
+                             shared-memory slot holds {limit} (config: shm.slots)",
+                            image.width, image.height, sizes.input_w, sizes.input_h
+                        )));
+                    }
+                    ctx.ocr.prep = Some(algo::det_prepare(image, p).map_err(ocr_failure)?);
                 }
-                let prep = algo::det_prepare(image, p).map_err(ocr_failure)?;
+                let prep = ctx.ocr.prep.as_ref().ok_or_else(|| Failure::internal("no prepared image"))?;
                 let mut item = Item::new(io, id, &[1, 3, prep.input_h as i64, prep.input_w as i64], vec![])?;
-                algo::det_input(&prep, item.data_mut()).map_err(ocr_failure)?;
+                algo::det_input(prep, item.data_mut()).map_err(ocr_failure)?;
                 ctx.pending = vec![item];
-                ctx.ocr.prep = Some(prep);
             }
             CpuStep::DetPost { db, max_lines } => {
                 let prep = ctx.ocr.prep.as_ref().ok_or_else(|| Failure::internal("no prepared image"))?;
-                let (_, answer) = ctx.outputs.first().ok_or_else(|| Failure::internal("no detector output"))?;
-                let (dims, prob) = answer.f32s(0)?;
-                let &[_, _, h, w] = dims else {
-                    return Err(Failure::internal(format!("detector output of shape {dims:?}")));
-                };
-                let mut boxes = algo::db_boxes(prob, w as usize, h as usize, prep, db).map_err(ocr_failure)?;
-                boxes.truncate(*max_lines);
-                ctx.ocr.regions = boxes
-                    .iter()
-                    .map(|(quad, _)| Region {
-                        quad: *quad,
-                        crop: Some(algo::crop(prep, quad)),
-                        text: String::new(),
-                        score: 0.0,
-                    })
-                    .collect();
+                if !ctx.ocr.detected {
+                    let (_, answer) = ctx.outputs.first().ok_or_else(|| Failure::internal("no detector output"))?;
+                    let (dims, prob) = answer.f32s(0)?;
+                    let &[_, _, h, w] = dims else {
+                        return Err(Failure::internal(format!("detector output of shape {dims:?}")));
+                    };
+                    let mut boxes = algo::db_boxes(prob, w as usize, h as usize, prep, db).map_err(ocr_failure)?;
+                    boxes.truncate(*max_lines);
+                    ctx.ocr.regions = boxes
+                        .iter()
+                        .map(|(quad, _)| Region {
+                            quad: *quad,
+                            crop: Some(algo::crop(prep, quad)),
+                            text: String::new(),
+                            score: 0.0,
+                        })
+                        .collect();
+                    ctx.ocr.detected = true;
+                }
                 let n = ctx.ocr.regions.len();
                 if n > 0 {
                     let dims = [n as i64, CLS_SHAPE[0], CLS_SHAPE[1], CLS_SHAPE[2]];
@@ -169,31 +182,40 @@ impl CpuStep {
                 }
             }
             CpuStep::Orient { thresh, width_step, min_width, max_width } => {
+                // Which crops to turn over (read only: turning is done once
+                // every slot is taken, so that a run without a slot can be
+                // repeated).
+                let mut turn = vec![false; ctx.ocr.regions.len()];
                 for (regions, answer) in &ctx.outputs {
                     let (dims, probs) = answer.f32s(0)?;
                     let classes = dims.get(1).copied().unwrap_or(0) as usize;
                     for (&r, row) in regions.iter().zip(probs.chunks_exact(classes.max(1))) {
-                        if algo::cls_rotates(row, *thresh)
-                            && let Some(crop) = ctx.ocr.regions[r].crop.as_mut()
-                        {
-                            algo::rotate180(crop);
+                        if let Some(t) = turn.get_mut(r) {
+                            *t = algo::cls_rotates(row, *thresh);
                         }
                     }
                 }
-                // Group crops by padded width: a bucket is one model request,
-                // and equal widths from any request share a batch.
+                // Group crops by padded width (turning a crop over keeps its
+                // size): a bucket is one model request, and equal widths from
+                // any request share a batch.
                 let mut buckets: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
                 for (i, r) in ctx.ocr.regions.iter().enumerate() {
                     let crop = r.crop.as_ref().expect("crops exist until orientation");
                     let w = algo::bucket_width(algo::rec_width_from(crop, *min_width), *width_step, *max_width);
                     buckets.entry(w).or_default().push(i);
                 }
-                for (width, members) in buckets {
+                let mut items = Vec::with_capacity(buckets.len());
+                for (&width, members) in &buckets {
                     let dims = [members.len() as i64, 3, 48, width as i64];
-                    let mut item = Item::new(io, id, &dims, members.clone())?;
+                    items.push(Item::new(io, id, &dims, members.clone())?);
+                }
+                for ((width, members), mut item) in buckets.into_iter().zip(items) {
                     let per = item.data_mut().len() / members.len();
                     for (&r, out) in members.iter().zip(item.data_mut().chunks_exact_mut(per)) {
-                        let crop = ctx.ocr.regions[r].crop.take().expect("each crop is in one bucket");
+                        let mut crop = ctx.ocr.regions[r].crop.take().expect("each crop is in one bucket");
+                        if turn[r] {
+                            algo::rotate180(&mut crop);
+                        }
                         algo::rec_input(&crop, width, out).map_err(ocr_failure)?;
                     }
                     ctx.pending.push(item);
