@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Makes a ResNet-50-shaped ONNX model with seeded random weights, and the
-benchmark model repository that serves it next to ppocr_cls.
+benchmark model repository that serves it next to ppocr_cls and ocr.
 
 usage: scripts/make_resnet50.py [--repository DIR] [--check] [--force]
 
@@ -30,9 +30,10 @@ default and the test suite are unchanged:
     resnet50/config.toml       (CONFIG below)
     resnet50/1/model.onnx
     ppocr_cls -> ../../models/ppocr_cls   (a symlink; scripts/fetch fetches it)
+    ocr, ppocr_det, ppocr_rec -> ../../models/...   (the same: the OCR pipeline)
 
 and serves it with `highserve serve --models .cache/models-bench --load
-resnet50` (or `--load ppocr_cls`). With --check it then runs the model in
+resnet50` (or `--load ppocr_cls`, `--load ocr`). With --check it then runs the model in
 onnxruntime at batch 1 and 8 and checks the shapes and that the logits are
 finite and of sane size. Needs only numpy (it writes the ONNX protobuf
 itself, so it also runs on a GPU host that has PyTorch but not the `onnx`
@@ -49,6 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".cache" / "venv-peers" / "bin" / "python"
 DEFAULT_REPOSITORY = ROOT / ".cache" / "models-bench"
+LINKED = ["ppocr_cls", "ocr", "ppocr_det", "ppocr_rec"]
 
 # The highserve model configuration (docs/model-repository.md). Two
 # instances with one intra-op thread each: on a 2-core machine both cores
@@ -242,17 +244,19 @@ def check(path):
               f"std {std:.3f}, top-1 of row 0: {int(y[0].argmax())}", file=sys.stderr)
 
 
-def link_ppocr_cls(repo):
-    src = ROOT / "models" / "ppocr_cls"
-    link = repo / "ppocr_cls"
-    target = os.path.relpath(src, repo)
-    if link.is_symlink() and os.readlink(link) == target:
-        return
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target)
-    if not (src / "1" / "model.onnx").exists():
-        print("make_resnet50: models/ppocr_cls/1/model.onnx is missing: run scripts/fetch", file=sys.stderr)
+def link_models(repo):
+    """Links the models the benchmark serves next to resnet50 from models/:
+    ppocr_cls, and the `ocr` pipeline with its three models."""
+    for name in LINKED:
+        src = ROOT / "models" / name
+        link = repo / name
+        target = os.path.relpath(src, repo)
+        if not (link.is_symlink() and os.readlink(link) == target):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        if name != "ocr" and not (src / "1" / "model.onnx").exists():
+            print(f"make_resnet50: models/{name}/1/model.onnx is missing: run scripts/fetch", file=sys.stderr)
 
 
 def main():
@@ -270,7 +274,7 @@ def main():
     dest = model_dir / "1" / "model.onnx"
     dest.parent.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.toml").write_text(GPU_CONFIG if args.gpu else CONFIG)
-    link_ppocr_cls(repo)
+    link_models(repo)
     if args.force or not dest.exists():
         data, params = build()
         tmp = dest.with_suffix(".part")

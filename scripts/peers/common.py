@@ -23,12 +23,20 @@ benchmark repository .cache/models-bench made by scripts/make_resnet50.py):
            labels; {"model_name", "model_version", "classes": [{"index",
            "label", "score"}]} as highserve answers.
 
-Only standard library, numpy, Pillow and onnxruntime are imported here.
+`ocr` (highserve's OCR pipeline) is served by every peer the way Python
+users serve OCR: rapidocr-onnxruntime 1.4.4, the package highserve's PP-OCR
+models and processing come from (OcrModel, below), running the same model
+files as highserve (the repository's ppocr_det, ppocr_cls and ppocr_rec) with
+the same intra-op threads, and answering highserve's `lines` JSON.
+
+Only standard library, numpy, Pillow and onnxruntime are imported here at
+start-up; rapidocr (with OpenCV) only when an `ocr` peer starts.
 """
 
 import io
 import json
 import os
+import sys
 import tomllib
 from pathlib import Path
 
@@ -37,6 +45,7 @@ import onnxruntime as ort
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+SCRIPTS = ROOT / "scripts"
 DEFAULT_REPOSITORY = ROOT / ".cache" / "models-bench"
 
 
@@ -49,6 +58,8 @@ class Model:
     with an image. Thread-safe except for `session()`, which makes a new
     ONNX Runtime session each call (keep one per thread or share one: ORT's
     Run is thread-safe)."""
+
+    kind = "classification"
 
     def __init__(self, name, repository=DEFAULT_REPOSITORY, jpeg_draft=True):
         self.name = name
@@ -197,6 +208,78 @@ class Model:
         x = np.stack([self.preprocess(d) for d in images])
         y = self.infer(session, x)
         return [self.answer(r) for r in y]
+
+
+class OcrModel:
+    """highserve's `ocr` pipeline as Python users run it: one RapidOCR
+    (rapidocr-onnxruntime 1.4.4, its default config.yaml) per "session", on
+    the repository's ppocr_det/cls/rec model files, every ONNX Runtime
+    session with `threads` intra-op threads (scripts/ocr_reference.py's
+    make_engine, which checks that rapidocr applied them). The same
+    interface as Model, so each peer serves it unchanged: `preprocess`
+    decodes (rapidocr's LoadImage: Pillow, to BGR), `run_one` does the whole
+    request, `answer_lines` makes highserve's answer. rapidocr works on one
+    image at a time (its classifier and recognizer batch the crops of that
+    image), so there is no batch across requests: max_batch_size 1."""
+
+    kind = "ocr"
+    max_batch_size = 1
+    max_queue_delay_s = 0.0
+
+    def __init__(self, name, repository=DEFAULT_REPOSITORY):
+        if str(SCRIPTS) not in sys.path:
+            sys.path.insert(0, str(SCRIPTS))
+        self.name = name
+        self.repository = Path(repository)
+        cfg_path = self.repository / name / "config.toml"
+        if not cfg_path.exists():
+            raise SystemExit(f"{cfg_path} is missing (scripts/make_resnet50.py links it into the benchmark "
+                             "repository)")
+        self.version = "1"
+        self.instances = 1
+        for step in ("det", "cls", "rec"):
+            if not (self.repository / f"ppocr_{step}" / "1" / "model.onnx").exists():
+                raise SystemExit(f"{self.repository / f'ppocr_{step}'} has no 1/model.onnx (scripts/fetch)")
+        self.file = self.repository / "ppocr_det" / "1" / "model.onnx"
+        from rapidocr_onnxruntime.utils.load_image import LoadImage
+        self._load = LoadImage()
+
+    def session(self, threads=1):
+        """A new RapidOCR whose three ONNX Runtime sessions have `threads` intra-op threads."""
+        from ocr_reference import make_engine
+        return make_engine(threads, models=self.repository)
+
+    def preprocess(self, data):
+        """Encoded image bytes → the BGR array rapidocr works on."""
+        try:
+            return self._load(data)
+        except Exception as e:  # Pillow and rapidocr raise many types for bad input
+            raise BadImage(f"cannot decode the body as an image: {type(e).__name__}: {e}") from None
+
+    @staticmethod
+    def lines(engine, image):
+        """rapidocr on one decoded image → highserve's lines (reading order)."""
+        from ocr_reference import run_engine
+        return run_engine(engine, image)
+
+    def answer_lines(self, lines):
+        return {"model_name": self.name, "model_version": self.version, "lines": lines}
+
+    def run_one(self, engine, data):
+        """Encoded image → highserve's answer."""
+        return self.answer_lines(self.lines(engine, self.preprocess(data)))
+
+    def run_batch(self, engine, images):
+        return [self.run_one(engine, d) for d in images]
+
+
+def load_model(name, repository=DEFAULT_REPOSITORY, jpeg_draft=True):
+    """The repository's model `name`: OcrModel for the `ocr` pipeline, else
+    Model (an image classifier)."""
+    cfg_path = Path(repository) / name / "config.toml"
+    if cfg_path.exists() and "pipeline" in tomllib.loads(cfg_path.read_text()):
+        return OcrModel(name, repository)
+    return Model(name, repository, jpeg_draft=jpeg_draft)
 
 
 def common_args(ap, default_threads=1):

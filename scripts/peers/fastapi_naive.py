@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BadImage, Model, common_args, dumps  # noqa: E402
+from common import BadImage, common_args, load_model, dumps  # noqa: E402
 
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request, Response  # noqa: E402
@@ -63,7 +63,7 @@ def main():
     ap = common_args(argparse.ArgumentParser(description=__doc__,
                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     args = ap.parse_args()
-    model = Model(args.model, args.repository, jpeg_draft=not args.no_jpeg_draft)
+    model = load_model(args.model, args.repository, jpeg_draft=not args.no_jpeg_draft)
     session = model.session(args.threads)
     print(f"fastapi_naive: {model.name} from {model.file}, 1 session x {args.threads} intra-op thread(s)",
           file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BadImage, Model, common_args, cores, dumps  # noqa: E402
+from common import BadImage, common_args, load_model, cores, dumps  # noqa: E402
 
 import anyio.to_thread  # noqa: E402
 import uvicorn  # noqa: E402
@@ -87,7 +87,7 @@ def main():
                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     ap.add_argument("--pool", type=int, default=cores(), help="thread pool size (default: cores)")
     args = ap.parse_args()
-    model = Model(args.model, args.repository, jpeg_draft=not args.no_jpeg_draft)
+    model = load_model(args.model, args.repository, jpeg_draft=not args.no_jpeg_draft)
     print(f"fastapi_tuned: {model.name} from {model.file}, pool of {args.pool} threads, a session each with "
           f"{args.threads} intra-op thread(s)", file=sys.stderr, flush=True)
     uvicorn.run(make_app(model, args.threads, args.pool), host=args.host, port=args.port,

@@ -26,6 +26,12 @@ bytes through unchanged (for any Content-Type but JSON). Same HTTP contract
 as the FastAPI peers: POST /v2/models/<model>/infer with an image body →
 highserve's classification JSON; GET /v2/health/ready is LitServe's health
 check (200 once every worker has run setup).
+
+For `ocr` the same LitAPI runs rapidocr (common.py's OcrModel):
+decode_request decodes the image, predict runs rapidocr on it, and
+encode_response answers highserve's `lines` JSON; its max_batch_size is 1
+(rapidocr takes one image at a time), so LitServe's workers run one request
+each at a time.
 """
 
 import argparse
@@ -35,7 +41,7 @@ from typing import Annotated
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BadImage, Model, common_args, cores  # noqa: E402
+from common import BadImage, common_args, load_model, cores  # noqa: E402
 
 import litserve as ls  # noqa: E402
 import numpy as np  # noqa: E402
@@ -49,7 +55,7 @@ class ImageClassifier(ls.LitAPI):
         self.model_name, self.repository, self.threads, self.jpeg_draft = model, repository, threads, jpeg_draft
 
     def setup(self, device):
-        self.model = Model(self.model_name, self.repository, jpeg_draft=self.jpeg_draft)
+        self.model = load_model(self.model_name, self.repository, jpeg_draft=self.jpeg_draft)
         self.session = self.model.session(self.threads)
 
     def decode_request(self, request: Annotated[bytes, Body(media_type="image/jpeg")]):
@@ -62,6 +68,8 @@ class ImageClassifier(ls.LitAPI):
         return np.stack(inputs)
 
     def predict(self, x):
+        if self.model.kind == "ocr":  # max_batch_size 1: one decoded image
+            return self.model.lines(self.session, x)
         if x.ndim == 3:  # max_batch_size 1: LitServe does not call batch()
             return self.model.infer(self.session, x[None])[0]
         return self.model.infer(self.session, x)
@@ -70,6 +78,8 @@ class ImageClassifier(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output):
+        if self.model.kind == "ocr":
+            return self.model.answer_lines(output)
         return self.model.answer(output)
 
 
@@ -81,7 +91,7 @@ def main():
     ap.add_argument("--batch-timeout-ms", type=float,
                     help="default: the model config's max_queue_delay_microseconds")
     args = ap.parse_args()
-    model = Model(args.model, args.repository)  # reads the config; checks the files are there
+    model = load_model(args.model, args.repository)  # reads the config; checks the files are there
     max_batch = args.max_batch_size or max(model.max_batch_size, 1)
     timeout_s = args.batch_timeout_ms / 1e3 if args.batch_timeout_ms is not None else model.max_queue_delay_s
     api = ImageClassifier(args.model, str(args.repository), args.threads, not args.no_jpeg_draft,

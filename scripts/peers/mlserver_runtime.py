@@ -26,7 +26,7 @@ MLServer speaks the v2 (Open Inference) protocol only, so the image travels
 as it does for MLServer users: a v2 JSON request whose one input is a BYTES
 tensor of shape [1] holding the base64 of the JPEG
 (parameters.content_type "base64"), POSTed to /v2/models/<model>/infer.
-`--make-request IMAGE OUT.json` writes that request for an image and exits
+`--make-request IMAGE OUT.json [IMAGE OUT.json ...]` writes that request for each image and exits
 (.cache/venv-peers will do: it does not need mlserver);
 `highserve bench --file OUT.json` (Content-Type application/json) sends it.
 predict() decodes the base64, then does what highserve does (Pillow decode,
@@ -34,6 +34,10 @@ resize, normalize, one ONNX Runtime run for the whole adaptive batch,
 softmax, top-k: scripts/peers/common.py) and answers three outputs per
 image: `index` INT64 [1, k], `score` FP32 [1, k] and `label` BYTES [1, k]
 (the top-k classes, best first). GET /v2/health/ready is MLServer's.
+For `ocr` it runs rapidocr (common.py's OcrModel) on the request's one
+image and answers highserve's v2 outputs: `text` BYTES [n], `score` FP32
+[n] and `box` FP32 [n, 4, 2]; max_batch_size is 1 (rapidocr takes one image
+at a time).
 """
 
 import argparse
@@ -48,7 +52,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import BadImage, Model, common_args, cores  # noqa: E402
+from common import BadImage, common_args, load_model, cores  # noqa: E402
 
 
 def v2_request(image_bytes):
@@ -69,13 +73,15 @@ except ImportError:  # --make-request needs none of it
 class ImageClassifierRuntime(MLModel):
     async def load(self) -> bool:
         extra = self.settings.parameters.extra
-        self.m = Model(extra["model"], extra["repository"], jpeg_draft=extra["jpeg_draft"])
+        self.m = load_model(extra["model"], extra["repository"], jpeg_draft=extra["jpeg_draft"])
         self.session = self.m.session(int(extra["threads"]))
         return True
 
     async def predict(self, payload: "InferenceRequest") -> "InferenceResponse":
         inp = payload.inputs[0]
         data = inp.data.root if hasattr(inp.data, "root") else inp.data
+        if self.m.kind == "ocr":
+            return self.predict_ocr(data)
         try:
             images = [base64.b64decode(d) for d in data]
             x = np.stack([self.m.preprocess(d) for d in images])
@@ -94,6 +100,28 @@ class ImageClassifierRuntime(MLModel):
             ])
 
 
+    def predict_ocr(self, data):
+        """One image (a BYTES [1] input, as highserve's `ocr` takes) → its
+        lines as highserve's v2 outputs: text BYTES [n], score FP32 [n],
+        box FP32 [n, 4, 2]."""
+        if len(data) != 1:
+            raise MLServerError(f"ocr takes one image per request, got {len(data)}", status_code=400)
+        try:
+            image = self.m.preprocess(base64.b64decode(data[0]))
+        except (BadImage, ValueError) as e:
+            raise MLServerError(f"bad image input: {e}", status_code=400) from None
+        lines = self.m.lines(self.session, image)
+        n = len(lines)
+        return InferenceResponse(
+            model_name=self.name, model_version=self.version,
+            outputs=[
+                ResponseOutput(name="text", datatype="BYTES", shape=[n], data=[l["text"] for l in lines]),
+                ResponseOutput(name="score", datatype="FP32", shape=[n], data=[l["score"] for l in lines]),
+                ResponseOutput(name="box", datatype="FP32", shape=[n, 4, 2],
+                               data=[v for l in lines for corner in l["box"] for v in corner]),
+            ])
+
+
 def free_port(host):
     with socket.socket() as s:
         s.bind((host, 0))
@@ -109,14 +137,17 @@ def main():
                     help="max_batch_time; default: the model config's max_queue_delay_microseconds")
     ap.add_argument("--run-dir", type=Path, help="where to write the MLServer settings (default: a new "
                     "temporary directory)")
-    ap.add_argument("--make-request", nargs=2, metavar=("IMAGE", "OUT"), type=Path,
-                    help="write the v2 JSON request for IMAGE to OUT and exit")
+    ap.add_argument("--make-request", nargs="+", metavar="IMAGE OUT", type=Path,
+                    help="write the v2 JSON request for IMAGE to OUT (pairs, repeated) and exit")
     args = ap.parse_args()
     if args.make_request:
-        image, out = args.make_request
-        out.write_text(json.dumps(v2_request(image.read_bytes())))
+        if len(args.make_request) % 2:
+            ap.error("--make-request takes pairs: IMAGE OUT [IMAGE OUT ...]")
+        pairs = args.make_request
+        for image, out in zip(pairs[::2], pairs[1::2]):
+            out.write_text(json.dumps(v2_request(image.read_bytes())))
         return
-    model = Model(args.model, args.repository)  # reads the config; checks the files are there
+    model = load_model(args.model, args.repository)  # reads the config; checks the files are there
     max_batch = args.max_batch_size or max(model.max_batch_size, 1)
     timeout_s = args.batch_timeout_ms / 1e3 if args.batch_timeout_ms is not None else model.max_queue_delay_s
     run = args.run_dir or Path(tempfile.mkdtemp(prefix="peer-mlserver-"))
