@@ -159,6 +159,7 @@ fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>)
                     max_side: cfg.preproc.max_image_side,
                 },
                 dct_scaling: cfg.preproc.jpeg_dct_scaling,
+                gpu_decode: spec.gpu_decode,
                 spin,
             };
             preproc_worker::run(pcfg, shutdown, || ready(None))?;

@@ -48,6 +48,10 @@ pub struct ChildSpec {
     /// the CPU.
     #[serde(default)]
     pub cuda_device: Option<u32>,
+    /// A preproc worker whose inference workers drive GPUs: it sends the
+    /// images of models with `decode = "gpu"` on undecoded.
+    #[serde(default)]
+    pub gpu_decode: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

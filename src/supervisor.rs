@@ -69,6 +69,19 @@ impl Supervisor {
         let repository = Repository::load(&cfg.models.repository, load)?;
         let placement = crate::placement::decide(&cfg.inference, &crate::placement::Probe::system(&cfg.inference))?;
         let topology = Topology { gpus: placement.workers() as u16, preprocs: cfg.preproc_workers() };
+        let on_gpu = matches!(placement, crate::placement::Placement::Gpu { .. });
+        for m in &repository.models {
+            if m.config.preprocess.as_ref().is_some_and(|p| p.decode == model_repo::DecodeOn::Gpu) {
+                if on_gpu {
+                    tracing::info!("{}: JPEGs and raw frames are decoded and preprocessed on the GPU", m.name);
+                } else {
+                    tracing::info!(
+                        "{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes",
+                        m.name
+                    );
+                }
+            }
+        }
         let params =
             LayoutParams::new(topology, repository.models.len(), cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
         let region = Arc::new(Region::create("highserve", &params)?);
@@ -180,6 +193,8 @@ impl Supervisor {
             efds: self.efds.iter().map(|e| e.as_fd().as_raw_fd()).collect(),
             run_dir: self.run_dir.clone(),
             cuda_device,
+            gpu_decode: matches!(role, Role::Preproc(_))
+                && matches!(self.placement, crate::placement::Placement::Gpu { .. }),
         };
         let mut line = serde_json::to_vec(&ToChild::Spec(Box::new(spec)))?;
         line.push(b'\n');

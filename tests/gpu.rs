@@ -101,3 +101,86 @@ fn gpu_serves_what_the_cpu_serves() {
     eprintln!("GPU vs CPU through the daemon: largest difference {worst:e}");
     assert!(worst < 1e-3, "{got:?} vs {reference:?}");
 }
+
+/// ppocr_cls stretched to its input (what the GPU kernel does), with
+/// `decode = "gpu"`, in a repository of its own.
+fn cls_decoded_on_the_gpu() -> tempfile::TempDir {
+    repository_with("ppocr_cls", |c| {
+        assert!(c.contains("resize = \"fit_height_pad_right\""), "models/ppocr_cls/config.toml changed: {c}");
+        c.replace("resize = \"fit_height_pad_right\"", "resize = \"stretch\"\ndecode = \"gpu\"")
+    })
+}
+
+/// A 1280x720 JPEG and a raw RGB frame, as (Content-Type, body).
+fn cls_images() -> Vec<(String, Vec<u8>)> {
+    let (w, h) = (320u32, 96u32);
+    let frame: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7 + i / 960) % 251) as u8).collect();
+    vec![
+        ("image/jpeg".into(), testdata("photo_1280x720.jpg")),
+        (format!("video/x-raw; format=RGB; width={w}; height={h}"), frame),
+    ]
+}
+
+fn classes(d: &Daemon, ctype: &str, body: &[u8]) -> Vec<(i64, f64)> {
+    let r = d.post(CLS, &[("Content-Type", ctype)], body);
+    assert_eq!(r.status, 200, "{ctype}: {}", r.text());
+    let v = r.json();
+    v["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["index"].as_i64().unwrap(), c["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn decode_gpu_without_a_gpu_is_done_by_the_preproc_pool() {
+    if has_gpu() {
+        eprintln!("skipped: this machine has a GPU (decode_gpu_agrees_with_the_preproc_pool checks it)");
+        return;
+    }
+    let repo = cls_decoded_on_the_gpu();
+    let models = repo.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), |c| c);
+    let d = Daemon::start_with(&config, &["--models", &models, "--load", "ppocr_cls", "--device", "cpu"], &[]);
+    assert!(d.log().contains("decode = \"gpu\" but the models run on the CPU"), "{}", d.log());
+    let cpu_repo =
+        repository_with("ppocr_cls", |c| c.replace("resize = \"fit_height_pad_right\"", "resize = \"stretch\""));
+    let cpu_models = cpu_repo.path().display().to_string();
+    let reference =
+        Daemon::start_with(&config, &["--models", &cpu_models, "--load", "ppocr_cls", "--device", "cpu"], &[]);
+    for (ctype, body) in cls_images() {
+        assert_eq!(classes(&d, &ctype, &body), classes(&reference, &ctype, &body), "{ctype}");
+    }
+}
+
+/// On a GPU host: JPEGs decoded by nvJPEG and raw frames, resized and
+/// normalized by the kernel, get the answers the preproc pool gives (with
+/// DCT scaling off, so both decode at full size), to within the rounding of
+/// two JPEG decoders and two resizers.
+#[test]
+fn decode_gpu_agrees_with_the_preproc_pool() {
+    if !has_gpu() {
+        eprintln!("skipped: no GPU (nvidia-smi -L lists none)");
+        return;
+    }
+    let repo = cls_decoded_on_the_gpu();
+    let models = repo.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), |c| c.replace("jpeg_dct_scaling = true", "jpeg_dct_scaling = false"));
+    let args = |device| ["--models", &models, "--load", "ppocr_cls", "--device", device];
+    let gpu = Daemon::start_with(&config, &args("gpu"), &[]);
+    assert!(gpu.log().contains("GPU preprocessing: nvJPEG"), "{}", gpu.log());
+    let cpu = Daemon::start_with(&config, &args("cpu"), &[]);
+    for (ctype, body) in cls_images() {
+        let (g, c) = (classes(&gpu, &ctype, &body), classes(&cpu, &ctype, &body));
+        eprintln!("{ctype}: GPU {g:?}, preproc pool {c:?}");
+        assert_eq!(g[0].0, c[0].0, "{ctype}: top-1 differs");
+        assert!((g[0].1 - c[0].1).abs() < 0.02, "{ctype}: {g:?} vs {c:?}");
+    }
+    // A body that is not a JPEG fails alone, and the model still serves.
+    let r = gpu.post(CLS, &[("Content-Type", "image/jpeg")], b"\xff\xd8\xff\xe0 not really a JPEG");
+    assert_eq!(r.status, 400, "{}", r.text());
+    classes(&gpu, "image/jpeg", &testdata("photo_1280x720.jpg"));
+}

@@ -23,6 +23,7 @@ fn spec(resize: ResizeMode, layout: Layout, width: u32, height: u32) -> Preproce
         mean: [0.5; 3],
         std: [0.5; 3],
         pad_value: 0.0,
+        decode: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@ use shm::{Descriptor, Kind, ProcId, Status};
 
 use crate::backend::{Backend, TensorView};
 use crate::batcher::Pending;
+use crate::cuda::decode::GpuDecode;
 use crate::worker::{Item, Replies};
 
 pub struct Instance {
@@ -52,7 +53,14 @@ impl AlignedBuf {
 /// check that a panic takes down only its process and the supervisor recovers.
 pub const PANIC_FILE_ENV: &str = "HIGHSERVE_FAULT_PANIC_FILE";
 
-pub fn run(inst: Instance, mut backend: Box<dyn Backend>, batches: mpsc::Receiver<Vec<Pending<Item>>>) {
+/// Runs batches until the scheduler hangs up. `decode`: the model's GPU
+/// preprocessing (`decode = "gpu"` on a GPU), for batches with images.
+pub fn run(
+    inst: Instance,
+    mut backend: Box<dyn Backend>,
+    mut decode: Option<GpuDecode>,
+    batches: mpsc::Receiver<Vec<Pending<Item>>>,
+) {
     let fault = std::env::var_os(PANIC_FILE_ENV).map(std::path::PathBuf::from);
     let region = inst.replies.pool.region().clone();
     let stats = model_stats(&region, inst.gpu, inst.model_index as u16);
@@ -63,7 +71,13 @@ pub fn run(inst: Instance, mut backend: Box<dyn Backend>, batches: mpsc::Receive
         {
             panic!("fault injected by {PANIC_FILE_ENV}");
         }
-        run_batch(&inst, backend.as_mut(), &mut bufs, batch, stats);
+        let batch = match decode.as_mut() {
+            Some(d) if batch.iter().any(|p| p.item.encoded) => stage_images(&inst, d, batch),
+            _ => batch,
+        };
+        if !batch.is_empty() {
+            run_batch(&inst, backend.as_mut(), decode.as_mut(), &mut bufs, batch, stats);
+        }
         // Tell the scheduler this instance is free, and wake it if it sleeps.
         if inst.done.send((inst.model_index, inst.instance)).is_err() {
             break;
@@ -72,9 +86,94 @@ pub fn run(inst: Instance, mut backend: Box<dyn Backend>, batches: mpsc::Receive
     }
 }
 
+/// Enqueues the decoding and preprocessing of the batch's images on the GPU
+/// (each request's rows, `Item::staged`); a request with an image that
+/// cannot be decoded fails alone, and the rest of the batch goes on.
+fn stage_images(inst: &Instance, decode: &mut GpuDecode, mut batch: Vec<Pending<Item>>) -> Vec<Pending<Item>> {
+    let started = Instant::now();
+    let mut images: Vec<&[u8]> = Vec::new();
+    let mut owner = Vec::new();
+    let mut bad: Vec<(usize, String)> = Vec::new();
+    for (k, p) in batch.iter().enumerate() {
+        if !p.item.encoded {
+            continue;
+        }
+        let d = &p.item.desc;
+        match p
+            .item
+            .slot
+            .bytes(d.offset as usize, d.len as usize)
+            .map_err(|e| e.to_string())
+            .and_then(tensor::bytes_elements)
+        {
+            Ok(elements) => {
+                owner.extend(std::iter::repeat_n(k, elements.len()));
+                images.extend(elements);
+            }
+            Err(e) => bad.push((k, e)),
+        }
+    }
+    let results = match decode.stage(&images) {
+        Ok(r) => r,
+        Err(e) => {
+            // CUDA itself failed: every request with images fails.
+            let message = format!("GPU preprocessing failed: {e}");
+            tracing::error!("{}: {message}", inst.name);
+            let (encoded, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.item.encoded);
+            for p in encoded {
+                inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, &message);
+            }
+            return rest;
+        }
+    };
+    let mut first = vec![usize::MAX; batch.len()];
+    for (row, (&k, result)) in owner.iter().zip(&results).enumerate() {
+        first[k] = first[k].min(row);
+        if let Err(e) = result {
+            bad.push((k, e.clone()));
+        }
+    }
+    drop(images);
+    for (k, p) in batch.iter_mut().enumerate() {
+        if p.item.encoded && first[k] != usize::MAX {
+            p.item.staged = Some(first[k]..first[k] + p.rows as usize);
+        }
+    }
+    bad.sort_by_key(|(k, _)| *k);
+    bad.dedup_by_key(|(k, _)| *k);
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut bad = bad.into_iter().peekable();
+    for (k, p) in batch.into_iter().enumerate() {
+        match bad.next_if(|(b, _)| *b == k) {
+            Some((_, e)) => inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::InvalidInput, &e),
+            None => kept.push(p),
+        }
+    }
+    if let Some(h) = stage_histogram(inst.replies.pool.region(), inst.model_index as u16, Stage::Decode) {
+        h.observe(started.elapsed());
+    }
+    kept
+}
+
+/// One request's input `i`: its dims (batch dimension first when the model
+/// batches) and byte length. Images decoded on the GPU have no tensor table:
+/// their shape is the preprocessing's.
+fn input_shape(inst: &Instance, item: &Item, rows: u32, i: usize) -> (Vec<i64>, usize) {
+    if item.encoded
+        && let Some(pre) = &inst.config.preprocess
+    {
+        let dims: Vec<i64> = std::iter::once(rows as i64).chain(crate::worker::image_dims(pre)).collect();
+        let len = dims.iter().product::<i64>() as usize * inst.config.inputs[i].datatype.size().unwrap_or(4);
+        return (dims, len);
+    }
+    let m = &item.inputs[i];
+    (m.dims.clone(), m.len)
+}
+
 fn run_batch(
     inst: &Instance,
     backend: &mut dyn Backend,
+    mut decode: Option<&mut GpuDecode>,
     bufs: &mut [AlignedBuf],
     batch: Vec<Pending<Item>>,
     stats: Option<&ModelStats>,
@@ -88,17 +187,28 @@ fn run_batch(
     // Gather: item inputs are contiguous tensors in their slots; stack them.
     let mut shapes: Vec<Vec<i64>> = Vec::new();
     let mut lens = Vec::new();
+    let mut download: Result<(), String> = Ok(());
     for (i, buf) in bufs.iter_mut().enumerate() {
-        let first = &batch[0].item.inputs[i];
-        let total: usize = batch.iter().map(|p| p.item.inputs[i].len).sum();
+        let (first, _) = input_shape(inst, &batch[0].item, batch[0].rows, i);
+        let total: usize = batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i).1).sum();
         let dst = buf.bytes_mut(total);
         let mut at = 0;
         for p in &batch {
-            let m = &p.item.inputs[i];
-            dst[at..at + m.len].copy_from_slice(&p.item.slot.as_slice()[m.offset..m.offset + m.len]);
-            at += m.len;
+            let (_, len) = input_shape(inst, &p.item, p.rows, i);
+            match (&p.item.staged, decode.as_deref_mut()) {
+                (Some(rows), Some(d)) => {
+                    if let Err(e) = d.download(rows.clone(), &mut dst[at..at + len]) {
+                        download = Err(e.to_string());
+                    }
+                }
+                _ => {
+                    let m = &p.item.inputs[i];
+                    dst[at..at + len].copy_from_slice(&p.item.slot.as_slice()[m.offset..m.offset + len]);
+                }
+            }
+            at += len;
         }
-        let mut shape = first.dims.clone();
+        let mut shape = first;
         if batched {
             shape[0] = rows as i64;
         }
@@ -106,6 +216,19 @@ fn run_batch(
         lens.push(total);
     }
     let gathered = Instant::now();
+    if let Some(d) = decode.as_deref()
+        && batch.iter().any(|p| p.item.staged.is_some())
+    {
+        // The batch's one wait: its images are decoded and in `bufs`.
+        if let Err(e) = download.and_then(|()| d.finish().map_err(|e| e.to_string())) {
+            let message = format!("GPU preprocessing failed: {e}");
+            tracing::error!("{}: {message}", inst.name);
+            for p in batch {
+                inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, &message);
+            }
+            return;
+        }
+    }
     let views: Vec<TensorView<'_>> = bufs
         .iter()
         .zip(&shapes)

@@ -115,11 +115,19 @@ fn pin_region(device: u32, region: &Arc<shm::Region>) -> Result<crate::cuda::pin
 pub struct Item {
     pub desc: Descriptor,
     pub slot: Slot,
+    /// The tensors in the slot (none when `encoded`).
     pub inputs: Vec<TensorMeta>,
+    /// The slot holds the images as the client sent them (a BYTES payload of
+    /// JPEGs or raw frames) for GPU preprocessing (`decode = "gpu"`).
+    pub encoded: bool,
+    /// Once staged on the GPU: the rows of the device tensor holding its images.
+    pub staged: Option<std::ops::Range<usize>>,
 }
 
 struct ModelRt {
     state: BatchState<Item>,
+    /// Images of this model are decoded and preprocessed here, on the GPU.
+    gpu_decode: bool,
     limits: Limits,
     idle: Vec<usize>,
     instances: Vec<mpsc::Sender<Vec<Pending<Item>>>>,
@@ -179,6 +187,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
             // as requests for the models they name.
             ModelRt {
                 state: BatchState::new(),
+                gpu_decode: false,
                 limits: Limits::from_config(&model.config),
                 idle: vec![],
                 instances: vec![],
@@ -255,6 +264,14 @@ fn load_model(
     };
     let file = model.file(model.latest());
     let gpu = cfg.cuda_device.map(|_| cfg.gpu_engine);
+    // `decode = "gpu"` on a GPU: each instance decodes and preprocesses its
+    // batches' images on its own stream (the preproc pool sends them on).
+    let gpu_decode = match (&model.config.preprocess, model.config.image_input()) {
+        (Some(p), Some((_, input))) if gpu.is_some() && p.decode == model_repo::DecodeOn::Gpu => {
+            Some((p.clone(), input.datatype))
+        }
+        _ => None,
+    };
     let err = |source| WorkerError::Backend { model: model.name.clone(), source };
     let mut instances = Vec::new();
     let load_started = std::time::Instant::now();
@@ -275,17 +292,27 @@ fn load_model(
         // thread that creates a session, and a CUDA context belongs to one
         // thread too.
         let (loaded_tx, loaded_rx) = mpsc::channel();
-        let (file, opts, config) = (file.clone(), opts.clone(), model.config.clone());
+        let (file, opts, config, pre) = (file.clone(), opts.clone(), model.config.clone(), gpu_decode.clone());
         std::thread::Builder::new()
             .name(format!("{}-{k}", model.name))
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let backend = open_backend(&file, &opts, &config, gpu)
-                    .and_then(|b| backend::check_config(b.as_ref(), &config).map(|()| b));
+                    .and_then(|b| backend::check_config(b.as_ref(), &config).map(|()| b))
+                    .and_then(|b| match &pre {
+                        Some((p, dtype)) => crate::cuda::decode::GpuDecode::new(p, *dtype)
+                            .map(|d| (b, Some(d)))
+                            .map_err(|e| BackendError::Run(format!("GPU preprocessing (decode = \"gpu\"): {e}"))),
+                        None => Ok((b, None)),
+                    });
                 match backend {
-                    Ok(b) => {
-                        let _ = loaded_tx.send(Ok((started.elapsed(), b.describe())));
-                        instance::run(inst, b, rx);
+                    Ok((b, decode)) => {
+                        let mut description = b.describe();
+                        if let Some(d) = &decode {
+                            description = format!("{description}; {}", d.describe());
+                        }
+                        let _ = loaded_tx.send(Ok((started.elapsed(), description)));
+                        instance::run(inst, b, decode, rx);
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -306,6 +333,7 @@ fn load_model(
     }
     Ok(ModelRt {
         state: BatchState::new(),
+        gpu_decode: gpu_decode.is_some(),
         limits: Limits::from_config(&model.config),
         idle: (0..instances.len()).collect(),
         instances,
@@ -329,8 +357,10 @@ impl Scheduler {
     fn accept(&mut self, from: ProcId, d: Descriptor) {
         let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
         let replies = &self.replies;
+        let gpu_decode = self.models.get(d.model as usize).is_some_and(|m| m.gpu_decode);
         match d.kind() {
             Some(Kind::Tensors) => {}
+            Some(Kind::Images) if gpu_decode => {}
             Some(Kind::Cancel) => return self.cancel(d.request_id),
             other => {
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
@@ -352,12 +382,17 @@ impl Scheduler {
         let Some(model) = self.repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
             return replies.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
         };
-        let checked = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
-            .map_err(|e| e.to_string())
-            .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)));
+        let encoded = d.kind() == Some(Kind::Images);
+        let checked = if encoded {
+            check_images(model, &slot, &d).map(|(rows, key)| (Vec::new(), rows, key))
+        } else {
+            tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
+                .map_err(|e| e.to_string())
+                .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)))
+        };
         match checked {
             Ok((inputs, rows, shape_key)) => self.models[d.model as usize].state.push(Pending {
-                item: Item { desc: d, slot, inputs },
+                item: Item { desc: d, slot, inputs, encoded, staged: None },
                 rows,
                 shape_key,
                 arrived_ns: shm::now_ns(),
@@ -386,6 +421,30 @@ impl Scheduler {
             s.add(&s.cancel_count, n);
         }
     }
+}
+
+/// Checks a request of images for GPU preprocessing (the preproc pool read
+/// their headers): one to max_batch_size of them. Returns the batch rows and
+/// the key of the tensor they become, as `check_inputs` would give it, so
+/// they share batches with tensor requests of that shape.
+fn check_images(model: &Model, slot: &Slot, d: &Descriptor) -> Result<(u32, u64), String> {
+    let bytes = slot.bytes(d.offset as usize, d.len as usize).map_err(|e| e.to_string())?;
+    let n = tensor::bytes_elements(bytes)?.len();
+    let cfg = &model.config;
+    if n == 0 || n != d.rows as usize || n > cfg.max_batch_size as usize {
+        return Err(format!("{n} images for {} rows (1 to {} are accepted)", d.rows, cfg.max_batch_size));
+    }
+    let Some(pre) = &cfg.preprocess else {
+        return Err(format!("model `{}` does not take images", model.name));
+    };
+    let mut key = DefaultHasher::new();
+    image_dims(pre)[..].hash(&mut key);
+    Ok((n as u32, key.finish()))
+}
+
+/// The tensor one image becomes on the GPU (NCHW: `decode = "gpu"` takes only that).
+pub fn image_dims(pre: &model_repo::Preprocess) -> [i64; 3] {
+    [3, pre.height as i64, pre.width as i64]
 }
 
 /// Checks tensors against the model's config; returns the batch rows and a key

@@ -142,6 +142,20 @@ pub enum ResizeMode {
     CenterCrop,
 }
 
+/// Where a model's images are decoded and preprocessed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeOn {
+    /// In the preproc pool: libjpeg-turbo / PNG, resize, normalize.
+    #[default]
+    Cpu,
+    /// In the inference worker, where it drives a GPU: JPEGs by nvJPEG,
+    /// raw frames copied from their pinned slot, then resized and normalized
+    /// by the preprocessing kernel; the preproc pool only checks headers.
+    /// Without a GPU the preproc pool does it, as with `cpu`.
+    Gpu,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChannelOrder {
     RGB,
@@ -183,6 +197,9 @@ pub struct Preprocess {
     /// Value of padded elements, in the normalized output's units.
     #[serde(default)]
     pub pad_value: f32,
+    /// `"cpu"` (default) or `"gpu"`: see [`DecodeOn`].
+    #[serde(default)]
+    pub decode: DecodeOn,
 }
 
 fn rgb() -> ChannelOrder {
@@ -403,6 +420,22 @@ impl ModelConfig {
             && s < p.width.min(p.height)
         {
             return Err(format!("resize_shorter {s} is smaller than the crop {}x{}", p.width, p.height));
+        }
+        if p.decode == DecodeOn::Gpu {
+            // What the GPU preprocessing kernel does (gpu-worker/src/cuda/preprocess.cu).
+            if p.resize != ResizeMode::Stretch || p.layout != Layout::NCHW || input.datatype == DType::U8 {
+                return Err(format!(
+                    "decode = \"gpu\" takes resize = \"stretch\", layout NCHW and an FP32 or FP16 input \
+                     (the GPU kernel's); this model has resize {:?}, layout {:?}, {}: use decode = \"cpu\"",
+                    p.resize, p.layout, input.datatype
+                ));
+            }
+            if self.inputs.len() != 1 {
+                return Err(format!(
+                    "decode = \"gpu\" needs a model with one input (the image); this one has {}",
+                    self.inputs.len()
+                ));
+            }
         }
         Ok(())
     }

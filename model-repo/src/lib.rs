@@ -15,7 +15,7 @@ pub mod onnx_meta;
 mod pipeline;
 
 pub use config::{
-    ChannelOrder, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision, Preprocess,
+    ChannelOrder, DecodeOn, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision, Preprocess,
     ResizeMode, TensorConfig,
 };
 pub use load::{Model, Repository};

@@ -268,6 +268,12 @@ labels = ["0", "180"]
             ),
             (CLS.replace("std = [0.5, 0.5, 0.5]", "std = [0.5, 0.0, 0.5]"), "std"),
             (CLS.replace("max_batch_size = 16", "max_batch_size = 0"), "max_batch_size"),
+            // The GPU kernel stretches into NCHW: other resize modes are refused.
+            (
+                CLS.replace("channel_order = \"BGR\"", "channel_order = \"BGR\"\ndecode = \"gpu\""),
+                "decode = \"gpu\" takes",
+            ),
+            (CLS.replace("channel_order = \"BGR\"", "channel_order = \"BGR\"\ndecode = \"tpu\""), "decode"),
         ];
         for (text, needle) in cases {
             let tmp = tempfile::tempdir().unwrap();
@@ -275,6 +281,21 @@ labels = ["0", "180"]
             let err = Repository::load(tmp.path(), None).unwrap_err().to_string();
             assert!(err.contains(needle), "expected `{needle}` in: {err}");
         }
+    }
+
+    #[test]
+    fn decode_on_the_gpu_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = CLS
+            .replace("resize = \"fit_height_pad_right\"", "resize = \"stretch\"")
+            .replace("channel_order = \"BGR\"", "channel_order = \"BGR\"\ndecode = \"gpu\"");
+        write_model(tmp.path(), "m", &text, &[1]);
+        let repo = Repository::load(tmp.path(), None).unwrap();
+        let pre = repo.get("m").unwrap().1.config.preprocess.clone().unwrap();
+        assert_eq!(pre.decode, crate::DecodeOn::Gpu);
+        write_model(tmp.path(), "m", CLS, &[1]);
+        let repo = Repository::load(tmp.path(), None).unwrap();
+        assert_eq!(repo.get("m").unwrap().1.config.preprocess.clone().unwrap().decode, crate::DecodeOn::Cpu);
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn target(resize: ResizeMode, width: u32, height: u32, mean: [f32; 3], std: [f32
         mean,
         std,
         pad_value: 0.0,
+        decode: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use model_repo::{DType, Model, Repository};
+use model_repo::{DType, DecodeOn, Model, Repository};
 use shm::desc::FLAG_POSTPROCESS;
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
@@ -28,6 +28,9 @@ pub struct Config {
     pub limits: DecodeLimits,
     /// Decode JPEGs at a reduced DCT scale when the model input is small.
     pub dct_scaling: bool,
+    /// The inference workers drive GPUs: images of models with `decode =
+    /// "gpu"` go to them encoded (JPEG) or raw (frames), after a header check.
+    pub gpu_decode: bool,
     /// How long to spin on an empty inbox before sleeping.
     pub spin: Duration,
 }
@@ -86,6 +89,7 @@ struct Worker {
     gpus: Vec<Outbox>,
     limits: DecodeLimits,
     dct_scaling: bool,
+    gpu_decode: bool,
     scratch: Scratch,
     decoded: Vec<u8>,
     decoder: pipeline::Decoder,
@@ -106,6 +110,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         gpus: (0..topo.gpus).map(|i| lane(topo.gpu(i))).collect::<Result<_, _>>()?,
         limits: cfg.limits,
         dct_scaling: cfg.dct_scaling,
+        gpu_decode: cfg.gpu_decode,
         scratch: Scratch::default(),
         decoded: Vec::new(),
         decoder: pipeline::Decoder { limits: cfg.limits },
@@ -222,6 +227,23 @@ impl Worker {
         };
         let dtype = tensor_cfg.datatype;
         let images = split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
+        let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();
+        let reply_to = if postprocess { self.me } else { ProcId::FRONTEND };
+        if self.gpu_decode && pre.decode == DecodeOn::Gpu {
+            // Only the headers here: JPEGs and raw frames go to the GPU as they
+            // came, in their slot; a request with a PNG is done here.
+            let mut on_gpu = true;
+            for (i, bytes) in images.iter().enumerate() {
+                let which = if images.len() > 1 { format!("image {i}: ") } else { String::new() };
+                let info = image::probe(bytes, &self.limits).map_err(|e| Failure::input(format!("{which}{e}")))?;
+                on_gpu &= info.format != image::ImageFormat::Png;
+            }
+            if on_gpu {
+                let next = Descriptor { kind: Kind::Images as u8, reply_to: reply_to.0, sent_ns: shm::now_ns(), ..*d };
+                let gpu = self.pick_gpu()?;
+                return send_slot(&self.gpus[gpu], next, input);
+            }
+        }
         let per_image = preprocess::tensor_len(pre, dtype);
         let dims: Vec<i64> = std::iter::once(d.rows as i64).chain(image_dims(pre)).collect();
         let spec = TensorSpec { dtype, dims, byte_len: per_image * d.rows as usize };
@@ -249,12 +271,11 @@ impl Worker {
             self.observe(d.model, Stage::Preprocess, preprocess_took);
         }
         drop(input);
-        let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();
         let next = Descriptor {
             kind: Kind::Tensors as u8,
             offset: 0,
             len: table_len as u32,
-            reply_to: if postprocess { self.me.0 } else { ProcId::FRONTEND.0 },
+            reply_to: reply_to.0,
             sent_ns: shm::now_ns(),
             ..*d
         };
@@ -343,19 +364,8 @@ fn image_dims(pre: &model_repo::Preprocess) -> [i64; 3] {
 
 /// Splits a BYTES payload (u32 little-endian length, then the bytes; `rows`
 /// times) into its elements.
-fn split_bytes(mut data: &[u8], rows: u32) -> Result<Vec<&[u8]>, Failure> {
-    let mut out = Vec::with_capacity(rows as usize);
-    while !data.is_empty() {
-        if data.len() < 4 {
-            return Err(Failure::input("truncated BYTES element: fewer than 4 length bytes remain"));
-        }
-        let n = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        let Some(elem) = data.get(4..4 + n) else {
-            return Err(Failure::input(format!("BYTES element declares {n} bytes but only {} remain", data.len() - 4)));
-        };
-        out.push(elem);
-        data = &data[4 + n..];
-    }
+fn split_bytes(data: &[u8], rows: u32) -> Result<Vec<&[u8]>, Failure> {
+    let out = tensor::bytes_elements(data).map_err(|e| Failure::input(format!("BYTES input: {e}")))?;
     if out.len() != rows as usize {
         return Err(Failure::input(format!("expected {rows} images, found {}", out.len())));
     }

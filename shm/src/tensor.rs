@@ -149,6 +149,32 @@ pub struct TensorMeta {
     pub len: usize,
 }
 
+/// The elements of a BYTES tensor (each a u32 little-endian length, then
+/// its bytes), or a message saying where the layout breaks (a length running
+/// past the data).
+pub fn bytes_elements(data: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let at = data.len() - rest.len();
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(format!(
+                "element {} at byte {at}: {} bytes left, too few for its 4-byte length",
+                out.len(),
+                rest.len()
+            ));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err(format!("element {} at byte {at} says {len} bytes but only {} remain", out.len(), tail.len()));
+        }
+        let (element, tail) = tail.split_at(len);
+        out.push(element);
+        rest = tail;
+    }
+    Ok(out)
+}
+
 /// Product of `dims`, or `None` if one is negative or it overflows.
 pub fn element_count(dims: &[i64]) -> Option<usize> {
     dims.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))

@@ -5,6 +5,7 @@ use half::{bf16, f16};
 use model_repo::DType;
 use serde::ser::{Error as _, Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
+use shm::tensor::bytes_elements;
 
 use super::V2Error;
 
@@ -82,31 +83,6 @@ pub(super) fn from_json(name: &str, dtype: DType, values: &[&Value]) -> Result<V
                 out.extend_from_slice(s.as_bytes());
             }
         }
-    }
-    Ok(out)
-}
-
-/// The elements of a BYTES tensor, or a message saying where the layout
-/// breaks (a length running past the data).
-pub(super) fn bytes_elements(data: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let at = data.len() - rest.len();
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!(
-                "element {} at byte {at}: {} bytes left, too few for its 4-byte length",
-                out.len(),
-                rest.len()
-            ));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if len > tail.len() {
-            return Err(format!("element {} at byte {at} says {len} bytes but only {} remain", out.len(), tail.len()));
-        }
-        let (element, tail) = tail.split_at(len);
-        out.push(element);
-        rest = tail;
     }
     Ok(out)
 }

@@ -7,8 +7,9 @@ use model_repo::DType;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::data::{bytes_elements, flatten, from_json};
+use super::data::{flatten, from_json};
 use super::{InferRequest, InputData, InputTensor, RequestedOutput, V2Error, element_count, shape_str};
+use shm::tensor::bytes_elements;
 
 #[derive(Deserialize)]
 struct RawRequest {

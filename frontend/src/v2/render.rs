@@ -8,8 +8,9 @@ use model_repo::DType;
 use serde::Serialize;
 
 use super::classify::classify;
-use super::data::{JsonData, bytes_elements};
+use super::data::JsonData;
 use super::{InferRequest, InferResponse, OutputTensor, Rendered, V2Error, element_count, shape_str};
+use shm::tensor::bytes_elements;
 
 #[derive(Serialize)]
 struct Header<'a> {

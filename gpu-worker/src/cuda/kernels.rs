@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::f16;
 
@@ -145,7 +147,7 @@ impl Preprocess {
         stream: &CudaStream,
         frame: &DeviceFrame<'_>,
         norm: &Normalize,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaViewMut<'_, f32>,
         out_w: usize,
         out_h: usize,
     ) -> Result<(), KernelError> {
@@ -158,7 +160,7 @@ impl Preprocess {
         stream: &CudaStream,
         frame: &DeviceFrame<'_>,
         norm: &Normalize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaViewMut<'_, f16>,
         out_w: usize,
         out_h: usize,
     ) -> Result<(), KernelError> {
@@ -171,7 +173,7 @@ impl Preprocess {
         stream: &CudaStream,
         frame: &DeviceFrame<'_>,
         norm: &Normalize,
-        out: &mut CudaSlice<T>,
+        out: &mut CudaViewMut<'_, T>,
         (out_w, out_h): (usize, usize),
     ) -> Result<(), KernelError> {
         assert!(out.len() >= 3 * out_w * out_h, "output buffer too small");
@@ -248,7 +250,7 @@ mod tests {
             let dev = stream.clone_htod(&data).expect("upload");
             let df = DeviceFrame { data: &dev, width: w, height: h, format };
             let mut out = stream.alloc_zeros::<f32>(3 * 224 * 224).expect("alloc");
-            pre.run_f32(&stream, &df, &norm, &mut out, 224, 224).expect("launch");
+            pre.run_f32(&stream, &df, &norm, &mut out.as_view_mut(), 224, 224).expect("launch");
             let got = stream.clone_dtoh(&out).expect("download");
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             eprintln!("{format:?}: largest difference from the CPU reference {worst:e}");

@@ -7,6 +7,7 @@
 //! (cudarc itself would panic).
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod decode;
 pub mod device;
 pub mod kernels;
 pub mod libs;

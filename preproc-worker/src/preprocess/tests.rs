@@ -16,6 +16,7 @@ fn spec(resize: ResizeMode, width: u32, height: u32) -> Preprocess {
         mean: [0.485, 0.456, 0.406],
         std: [0.229, 0.224, 0.225],
         pad_value: -1.25,
+        decode: Default::default(),
     }
 }
 
