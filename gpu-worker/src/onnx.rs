@@ -118,6 +118,16 @@ impl OnnxBackend {
             .map_err(step)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(step)?
+            // ONNX Runtime's memory pattern plans and keeps the allocations of
+            // each input shape it sees: a help when every run has one shape,
+            // but batches of varying size and the OCR models' image-sized
+            // inputs make a new plan nearly every run. Off, the OCR test set at
+            // c=16 ran 5.9-6.1 instead of 5.0-5.3 images/s with 804 instead of
+            // 1650-1756 MiB in the inference worker; ppocr_cls (1071-1087 vs
+            // 1082-1088 req/s) and resnet50 (35.1-35.3 vs 34.9-35.1) did not
+            // change (alternated runs).
+            .with_memory_pattern(false)
+            .map_err(step)?
             .commit_from_file(model_file)
             .map_err(|e| fail(e.to_string()))?;
         let describe = |outlets: &[ort::value::Outlet]| -> Result<Vec<IoInfo>, BackendError> {

@@ -18,7 +18,7 @@ benchmark repository .cache/models-bench made by scripts/make_resnet50.py):
            layout from the config, padding with pad_value: numpy.
   model    ONNX Runtime, intra_op_num_threads from the caller (1 unless
            stated), inter_op 1, sequential, all graph optimizations, no
-           spinning: highserve's session options.
+           spinning, no memory pattern: highserve's session options.
   answer   softmax if the config says so, top-k (ties: lower index first),
            labels; {"model_name", "model_version", "classes": [{"index",
            "label", "score"}]} as highserve answers.
@@ -112,6 +112,7 @@ class Model:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.enable_mem_pattern = False
         so.log_severity_level = 3
         return ort.InferenceSession(str(self.file), sess_options=so, providers=["CPUExecutionProvider"])
 
