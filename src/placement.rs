@@ -43,10 +43,15 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// This machine: the tract-cuda libraries, then the driver's GPU list.
-    pub fn system(inf: &Inference) -> Probe {
+    /// This machine: the tract-cuda libraries (and nvJPEG when a model
+    /// decodes on the GPU), then the driver's GPU list.
+    pub fn system(inf: &Inference, nvjpeg: bool) -> Probe {
         let dirs = libs::search_dirs(&inf.cuda_library_path);
-        let libraries = libs::locate(libs::FOR_TRACT, &dirs, &libs::in_loader_cache);
+        let mut wanted = libs::FOR_TRACT.to_vec();
+        if nvjpeg {
+            wanted.push(&libs::NVJPEG);
+        }
+        let libraries = libs::locate(&wanted, &dirs, &libs::in_loader_cache);
         let found = libraries.clone().unwrap_or_default();
         Probe {
             libraries,
@@ -155,6 +160,17 @@ mod tests {
         assert!(e.contains("libcudnn.so.9") && e.contains("inference.device = \"auto\""), "{e}");
         let e = decide(&inference(DeviceChoice::Gpu, vec![]), &machine(true, 0)).expect_err("no GPU").to_string();
         assert!(e.contains("reports no GPU"), "{e}");
+    }
+
+    #[test]
+    fn a_model_decoding_on_the_gpu_makes_nvjpeg_required() {
+        // nvJPEG is among the libraries found or among those missing.
+        let looked_for = |nvjpeg| match Probe::system(&inference(DeviceChoice::Auto, vec![]), nvjpeg).libraries {
+            Ok(found) => found.iter().any(|f| f.name == "nvJPEG"),
+            Err(m) => m.missing.iter().any(|l| l.name == "nvJPEG"),
+        };
+        assert!(looked_for(true), "a model with decode = \"gpu\" needs nvJPEG on a GPU");
+        assert!(!looked_for(false), "nvJPEG is looked for only when a model decodes on the GPU");
     }
 
     #[test]

@@ -67,19 +67,18 @@ impl Supervisor {
     pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
         let load = (!cfg.models.load.is_empty()).then_some(cfg.models.load.as_slice());
         let repository = Repository::load(&cfg.models.repository, load)?;
-        let placement = crate::placement::decide(&cfg.inference, &crate::placement::Probe::system(&cfg.inference))?;
+        // A model that decodes on the GPU needs nvJPEG there too: without it,
+        // `auto` runs on the CPU and `gpu` refuses to start, naming it.
+        let nvjpeg = repository.models.iter().any(|m| m.config.decodes_on_gpu());
+        let probe = crate::placement::Probe::system(&cfg.inference, nvjpeg);
+        let placement = crate::placement::decide(&cfg.inference, &probe)?;
         let topology = Topology { gpus: placement.workers() as u16, preprocs: cfg.preproc_workers() };
         let on_gpu = matches!(placement, crate::placement::Placement::Gpu { .. });
-        for m in &repository.models {
-            if m.config.preprocess.as_ref().is_some_and(|p| p.decode == model_repo::DecodeOn::Gpu) {
-                if on_gpu {
-                    tracing::info!("{}: JPEGs and raw frames are decoded and preprocessed on the GPU", m.name);
-                } else {
-                    tracing::info!(
-                        "{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes",
-                        m.name
-                    );
-                }
+        for m in repository.models.iter().filter(|m| m.config.decodes_on_gpu()) {
+            if on_gpu {
+                tracing::info!("{}: JPEGs and raw frames are decoded and preprocessed on the GPU", m.name);
+            } else {
+                tracing::info!("{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes", m.name);
             }
         }
         let params =

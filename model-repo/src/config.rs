@@ -258,6 +258,11 @@ impl ModelConfig {
         self.outputs.iter().enumerate().find(|(_, t)| t.name == name)
     }
 
+    /// The model's images are to be decoded on the GPU (`decode = "gpu"`).
+    pub fn decodes_on_gpu(&self) -> bool {
+        self.preprocess.as_ref().is_some_and(|p| p.decode == DecodeOn::Gpu)
+    }
+
     /// The input an image becomes, if the model takes images: the
     /// preprocessed input, or a pipeline's (BYTES) input.
     pub fn image_input(&self) -> Option<(usize, &TensorConfig)> {
