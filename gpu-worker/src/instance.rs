@@ -73,7 +73,17 @@ pub fn run(
         }
         let batch = match decode.as_mut() {
             Some(d) if batch.iter().any(|p| p.item.encoded) => stage_images(&inst, d, batch),
-            _ => batch,
+            Some(_) => batch,
+            // Images reach an instance only when it decodes on the GPU; a
+            // bug otherwise, which must not take the batch's tensors with it.
+            None => {
+                let (images, tensors): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.item.encoded);
+                for p in images {
+                    let msg = "images reached an instance that does not decode them; this is a bug";
+                    inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::Internal, msg);
+                }
+                tensors
+            }
         };
         if !batch.is_empty() {
             run_batch(&inst, backend.as_mut(), decode.as_mut(), &mut bufs, batch, stats);
