@@ -27,6 +27,10 @@ impl Placement {
         }
     }
 
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Placement::Gpu { .. })
+    }
+
     /// The CUDA ordinal inference worker `index` drives, if any.
     pub fn device(&self, index: u16) -> Option<u32> {
         match self {

@@ -73,9 +73,8 @@ impl Supervisor {
         let probe = crate::placement::Probe::system(&cfg.inference, nvjpeg);
         let placement = crate::placement::decide(&cfg.inference, &probe)?;
         let topology = Topology { gpus: placement.workers() as u16, preprocs: cfg.preproc_workers() };
-        let on_gpu = matches!(placement, crate::placement::Placement::Gpu { .. });
         for m in repository.models.iter().filter(|m| m.config.decodes_on_gpu()) {
-            if on_gpu {
+            if placement.is_gpu() {
                 tracing::info!("{}: JPEGs and raw frames are decoded and preprocessed on the GPU", m.name);
             } else {
                 tracing::info!("{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes", m.name);
@@ -192,8 +191,7 @@ impl Supervisor {
             efds: self.efds.iter().map(|e| e.as_fd().as_raw_fd()).collect(),
             run_dir: self.run_dir.clone(),
             cuda_device,
-            gpu_decode: matches!(role, Role::Preproc(_))
-                && matches!(self.placement, crate::placement::Placement::Gpu { .. }),
+            gpu_decode: matches!(role, Role::Preproc(_)) && self.placement.is_gpu(),
         };
         let mut line = serde_json::to_vec(&ToChild::Spec(Box::new(spec)))?;
         line.push(b'\n');

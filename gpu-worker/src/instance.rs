@@ -168,16 +168,16 @@ fn stage_images(inst: &Instance, decode: &mut GpuDecode, mut batch: Vec<Pending<
 /// One request's input `i`: its dims (batch dimension first when the model
 /// batches) and byte length. Images decoded on the GPU have no tensor table:
 /// their shape is the preprocessing's.
-fn input_shape(inst: &Instance, item: &Item, rows: u32, i: usize) -> (Vec<i64>, usize) {
+fn input_shape<'a>(inst: &Instance, item: &'a Item, rows: u32, i: usize) -> (std::borrow::Cow<'a, [i64]>, usize) {
     if item.encoded
         && let Some(pre) = &inst.config.preprocess
     {
-        let dims: Vec<i64> = std::iter::once(rows as i64).chain(crate::worker::image_dims(pre)).collect();
+        let dims: Vec<i64> = std::iter::once(rows as i64).chain(pre.image_dims()).collect();
         let len = dims.iter().product::<i64>() as usize * inst.config.inputs[i].datatype.size().unwrap_or(4);
-        return (dims, len);
+        return (dims.into(), len);
     }
     let m = &item.inputs[i];
-    (m.dims.clone(), m.len)
+    (m.dims.as_slice().into(), m.len)
 }
 
 fn run_batch(
@@ -199,12 +199,12 @@ fn run_batch(
     let mut lens = Vec::new();
     let mut download: Result<(), String> = Ok(());
     for (i, buf) in bufs.iter_mut().enumerate() {
-        let (first, _) = input_shape(inst, &batch[0].item, batch[0].rows, i);
-        let total: usize = batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i).1).sum();
+        let parts: Vec<_> = batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i)).collect();
+        let total: usize = parts.iter().map(|(_, len)| len).sum();
         let dst = buf.bytes_mut(total);
         let mut at = 0;
-        for p in &batch {
-            let (_, len) = input_shape(inst, &p.item, p.rows, i);
+        for (p, (_, len)) in batch.iter().zip(&parts) {
+            let len = *len;
             match (&p.item.staged, decode.as_deref_mut()) {
                 (Some(rows), Some(d)) => {
                     if let Err(e) = d.download(rows.clone(), &mut dst[at..at + len]) {
@@ -218,7 +218,7 @@ fn run_batch(
             }
             at += len;
         }
-        let mut shape = first;
+        let mut shape = parts[0].0.to_vec();
         if batched {
             shape[0] = rows as i64;
         }

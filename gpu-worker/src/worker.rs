@@ -267,7 +267,7 @@ fn load_model(
     // `decode = "gpu"` on a GPU: each instance decodes and preprocesses its
     // batches' images on its own stream (the preproc pool sends them on).
     let gpu_decode = match (&model.config.preprocess, model.config.image_input()) {
-        (Some(p), Some((_, input))) if gpu.is_some() && p.decode == model_repo::DecodeOn::Gpu => {
+        (Some(p), Some((_, input))) if gpu.is_some() && model.config.decodes_on_gpu() => {
             Some((p.clone(), input.datatype))
         }
         _ => None,
@@ -438,13 +438,8 @@ fn check_images(model: &Model, slot: &Slot, d: &Descriptor) -> Result<(u32, u64)
         return Err(format!("model `{}` does not take images", model.name));
     };
     let mut key = DefaultHasher::new();
-    image_dims(pre)[..].hash(&mut key);
+    pre.image_dims()[..].hash(&mut key);
     Ok((n as u32, key.finish()))
-}
-
-/// The tensor one image becomes on the GPU (NCHW: `decode = "gpu"` takes only that).
-pub fn image_dims(pre: &model_repo::Preprocess) -> [i64; 3] {
-    [3, pre.height as i64, pre.width as i64]
 }
 
 /// Checks tensors against the model's config; returns the batch rows and a key

@@ -406,11 +406,7 @@ impl ModelConfig {
         if p.width == 0 || p.height == 0 || p.width > 16384 || p.height > 16384 {
             return Err(format!("preprocess size {}x{}; 1 to 16384 per side is accepted", p.width, p.height));
         }
-        let (w, h) = (p.width as i64, p.height as i64);
-        let want = match p.layout {
-            Layout::NCHW => [3, h, w],
-            Layout::NHWC => [h, w, 3],
-        };
+        let want = p.image_dims();
         let fits = input.dims.len() == 3 && input.dims.iter().zip(want).all(|(&d, w)| d == w || d == -1);
         if !fits {
             return Err(format!(
@@ -447,6 +443,15 @@ impl ModelConfig {
 }
 
 impl Preprocess {
+    /// The tensor one image becomes, without the batch dimension.
+    pub fn image_dims(&self) -> [i64; 3] {
+        let (w, h) = (self.width as i64, self.height as i64);
+        match self.layout {
+            Layout::NCHW => [3, h, w],
+            Layout::NHWC => [h, w, 3],
+        }
+    }
+
     /// The shorter side before a centre crop.
     pub fn shorter_side(&self) -> u32 {
         self.resize_shorter.unwrap_or_else(|| (self.width.max(self.height) as f32 * 256.0 / 224.0).round() as u32)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use model_repo::{DType, DecodeOn, Model, Repository};
+use model_repo::{DType, Model, Repository};
 use shm::desc::FLAG_POSTPROCESS;
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
@@ -229,7 +229,7 @@ impl Worker {
         let images = split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
         let postprocess = d.flags & FLAG_POSTPROCESS != 0 && cfg.postprocess.is_some();
         let reply_to = if postprocess { self.me } else { ProcId::FRONTEND };
-        if self.gpu_decode && pre.decode == DecodeOn::Gpu {
+        if self.gpu_decode && cfg.decodes_on_gpu() {
             // Only the headers here: JPEGs and raw frames go to the GPU as they
             // came, in their slot; a request with a PNG is done here.
             let mut on_gpu = true;
@@ -245,7 +245,7 @@ impl Worker {
             }
         }
         let per_image = preprocess::tensor_len(pre, dtype);
-        let dims: Vec<i64> = std::iter::once(d.rows as i64).chain(image_dims(pre)).collect();
+        let dims: Vec<i64> = std::iter::once(d.rows as i64).chain(pre.image_dims()).collect();
         let spec = TensorSpec { dtype, dims, byte_len: per_image * d.rows as usize };
         let mut out = self.pool.alloc(tensor::plan(0, std::slice::from_ref(&spec))?.0, self.me, d.request_id)?;
         let (table_len, ranges) = tensor::write_table(out.as_mut_slice(), 0, std::slice::from_ref(&spec))?;
@@ -351,15 +351,6 @@ impl Worker {
 pub(crate) fn send_slot(out: &Outbox, d: Descriptor, slot: Slot) -> Result<(), Failure> {
     out.send_slot_wait(d, slot, Duration::from_secs(1))
         .map_err(|e| Failure::new(Status::Unavailable, format!("the {:?} process is not keeping up: {e}", out.to())))
-}
-
-/// The tensor shape of one image (without the batch dimension).
-fn image_dims(pre: &model_repo::Preprocess) -> [i64; 3] {
-    let (w, h) = (pre.width as i64, pre.height as i64);
-    match pre.layout {
-        model_repo::Layout::NCHW => [3, h, w],
-        model_repo::Layout::NHWC => [h, w, 3],
-    }
 }
 
 /// Splits a BYTES payload (u32 little-endian length, then the bytes; `rows`

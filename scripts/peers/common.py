@@ -237,18 +237,18 @@ class OcrModel:
             raise SystemExit(f"{cfg_path} is missing (scripts/make_resnet50.py links it into the benchmark "
                              "repository)")
         self.version = "1"
-        self.instances = 1
         for step in ("det", "cls", "rec"):
             if not (self.repository / f"ppocr_{step}" / "1" / "model.onnx").exists():
                 raise SystemExit(f"{self.repository / f'ppocr_{step}'} has no 1/model.onnx (scripts/fetch)")
         self.file = self.repository / "ppocr_det" / "1" / "model.onnx"
+        from ocr_reference import make_engine, run_engine
         from rapidocr_onnxruntime.utils.load_image import LoadImage
         self._load = LoadImage()
+        self._make_engine, self._run_engine = make_engine, run_engine
 
     def session(self, threads=1):
         """A new RapidOCR whose three ONNX Runtime sessions have `threads` intra-op threads."""
-        from ocr_reference import make_engine
-        return make_engine(threads, models=self.repository)
+        return self._make_engine(threads, models=self.repository)
 
     def preprocess(self, data):
         """Encoded image bytes → the BGR array rapidocr works on."""
@@ -257,11 +257,9 @@ class OcrModel:
         except Exception as e:  # Pillow and rapidocr raise many types for bad input
             raise BadImage(f"cannot decode the body as an image: {type(e).__name__}: {e}") from None
 
-    @staticmethod
-    def lines(engine, image):
+    def lines(self, engine, image):
         """rapidocr on one decoded image → highserve's lines (reading order)."""
-        from ocr_reference import run_engine
-        return run_engine(engine, image)
+        return self._run_engine(engine, image)
 
     def answer_lines(self, lines):
         return {"model_name": self.name, "model_version": self.version, "lines": lines}
@@ -269,9 +267,6 @@ class OcrModel:
     def run_one(self, engine, data):
         """Encoded image → highserve's answer."""
         return self.answer_lines(self.lines(engine, self.preprocess(data)))
-
-    def run_batch(self, engine, images):
-        return [self.run_one(engine, d) for d in images]
 
 
 def load_model(name, repository=DEFAULT_REPOSITORY, jpeg_draft=True):
