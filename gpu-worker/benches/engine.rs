@@ -11,11 +11,16 @@
 //!   cargo bench -p gpu-worker --bench engine
 //! ```
 //! Prints one line per batch size (and `--json`-like lines with `BENCH_JSON=1`).
+//! On tract-cuda each batch size is measured twice: with host inputs (`run`:
+//! tract copies them to the device) and with device inputs (`device_inputs`
+//! filled by a staging stream, then `run_device`: what the daemon does,
+//! though here from pageable memory, not from the pinned slots).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gpu_worker::backend::{Backend, TensorView};
+use gpu_worker::cuda::staging::Staging;
 use gpu_worker::onnx::{OnnxBackend, OnnxOptions, init_runtime};
 use gpu_worker::tract::{Target, TractBackend, TractOptions};
 use shm::tensor::DType;
@@ -59,29 +64,45 @@ fn main() {
     let per_row: usize = row.iter().product::<i64>() as usize;
     // Deterministic input in [0, 1).
     let data: Vec<f32> = (0..per_row * max_batch as usize).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    println!("{:>6} {:>12} {:>12} {:>12}", "batch", "items/s", "ms/batch", "batches");
+    let staging = (backend_name == "tract-cuda").then(|| Staging::new().expect("a CUDA stream"));
+    println!("{:>6} {:>7} {:>12} {:>12} {:>12}", "batch", "inputs", "items/s", "ms/batch", "batches");
     for &b in &batches {
         let shape: Vec<i64> = std::iter::once(b).chain(row.iter().copied()).collect();
         let bytes: &[u8] = bytemuck::cast_slice(&data[..per_row * b as usize]);
         let input = TensorView { dtype: DType::F32, shape: &shape, data: bytes };
-        let mut once = || backend.run(&[input], &mut |_| {}).expect("inference runs");
-        for _ in 0..3 {
-            once();
+        measure(&backend_name, fp16, b, "host", seconds, || {
+            backend.run(&[input], &mut |_| {}).expect("inference runs")
+        });
+        if let Some(staging) = &staging {
+            measure(&backend_name, fp16, b, "device", seconds, || {
+                let dev = backend.device_inputs(&[input]).expect("device memory").expect("device inputs");
+                staging.upload(dev[0].ptr, bytes).expect("copy");
+                staging.finish().expect("wait");
+                backend.run_device(&mut |_| {}).expect("inference runs")
+            });
         }
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < Duration::from_secs_f64(seconds) || n < 3 {
-            once();
-            n += 1;
-        }
-        let took = start.elapsed().as_secs_f64();
-        let items = (n * b as u64) as f64 / took;
-        println!("{b:>6} {items:>12.1} {:>12.3} {n:>12}", took * 1e3 / n as f64);
-        if env("BENCH_JSON", "0") == "1" {
-            println!(
-                "{{\"backend\":\"{backend_name}\",\"fp16\":{fp16},\"batch\":{b},\"items_per_s\":{items:.2},\"ms_per_batch\":{:.4}}}",
-                took * 1e3 / n as f64
-            );
-        }
+    }
+}
+
+/// Runs `once` for `seconds` (at least 3 times, after 3 unmeasured) and
+/// prints the batch size's line.
+fn measure(backend_name: &str, fp16: bool, b: i64, inputs: &str, seconds: f64, mut once: impl FnMut()) {
+    for _ in 0..3 {
+        once();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs_f64(seconds) || n < 3 {
+        once();
+        n += 1;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let items = (n * b as u64) as f64 / took;
+    println!("{b:>6} {inputs:>7} {items:>12.1} {:>12.3} {n:>12}", took * 1e3 / n as f64);
+    if env("BENCH_JSON", "0") == "1" {
+        println!(
+            "{{\"backend\":\"{backend_name}\",\"fp16\":{fp16},\"inputs\":\"{inputs}\",\"batch\":{b},\"items_per_s\":{items:.2},\"ms_per_batch\":{:.4}}}",
+            took * 1e3 / n as f64
+        );
     }
 }

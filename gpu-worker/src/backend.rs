@@ -53,6 +53,16 @@ pub enum BackendError {
     Run(String),
 }
 
+/// Device memory a GPU backend handed out for one input of the next batch
+/// ([`Backend::device_inputs`]): `len` bytes at `ptr`, a `CUdeviceptr` on
+/// the worker's GPU, to be filled with the input's contiguous row-major
+/// bytes before [`Backend::run_device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInput {
+    pub ptr: u64,
+    pub len: usize,
+}
+
 /// Runs batches of one model on one device.
 pub trait Backend: Send {
     /// One line for logs: the runtime, the model file and the settings.
@@ -67,12 +77,38 @@ pub trait Backend: Send {
     /// answer goes: all outputs at once, because one request's answer needs
     /// its rows of every output.
     fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError>;
+
+    /// For a backend on a GPU: device memory for the next batch's inputs,
+    /// of these types and shapes (`data` is ignored), which the caller fills
+    /// and waits for before calling [`Backend::run_device`], so a batch goes
+    /// from the pinned shared-memory slots (or from GPU preprocessing)
+    /// straight to the device, with no host buffer between. `None`: this
+    /// backend (or this batch, say one it would have to cast) takes host
+    /// inputs through [`Backend::run`].
+    fn device_inputs(&mut self, _inputs: &[TensorView<'_>]) -> Result<Option<Vec<DeviceInput>>, BackendError> {
+        Ok(None)
+    }
+
+    /// Runs the batch whose inputs [`Backend::device_inputs`] handed out,
+    /// and calls `sink` as [`Backend::run`] does.
+    fn run_device(&mut self, _sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
+        Err(BackendError::Run("this backend takes host inputs only (this is a bug)".into()))
+    }
 }
 
 /// Checks a batch's inputs against what the model declares (count,
 /// datatype, shape, byte length), so every backend refuses the same inputs
 /// with the same messages before handing anything to its runtime.
 pub fn check_inputs(inputs: &[TensorView<'_>], declared: &[IoInfo]) -> Result<(), BackendError> {
+    check_all(inputs, declared, true)
+}
+
+/// [`check_inputs`] for inputs yet to be written (types and shapes only).
+pub fn check_input_shapes(inputs: &[TensorView<'_>], declared: &[IoInfo]) -> Result<(), BackendError> {
+    check_all(inputs, declared, false)
+}
+
+fn check_all(inputs: &[TensorView<'_>], declared: &[IoInfo], with_data: bool) -> Result<(), BackendError> {
     if inputs.len() != declared.len() {
         let names: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
         return Err(BackendError::Input {
@@ -81,12 +117,13 @@ pub fn check_inputs(inputs: &[TensorView<'_>], declared: &[IoInfo]) -> Result<()
         });
     }
     for (view, info) in inputs.iter().zip(declared) {
-        check_input(view, info).map_err(|message| BackendError::Input { name: info.name.clone(), message })?;
+        check_input(view, info, with_data)
+            .map_err(|message| BackendError::Input { name: info.name.clone(), message })?;
     }
     Ok(())
 }
 
-fn check_input(view: &TensorView<'_>, info: &IoInfo) -> Result<(), String> {
+fn check_input(view: &TensorView<'_>, info: &IoInfo, with_data: bool) -> Result<(), String> {
     if view.dtype != info.dtype {
         return Err(format!("given as {} but the model takes {}", view.dtype, info.dtype));
     }
@@ -97,7 +134,7 @@ fn check_input(view: &TensorView<'_>, info: &IoInfo) -> Result<(), String> {
     }
     let size = view.dtype.size().ok_or_else(|| format!("{} tensors are not supported by this backend", view.dtype))?;
     let bytes = view.shape.iter().try_fold(size, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
-    if bytes != Some(view.data.len()) {
+    if bytes.is_none() || (with_data && bytes != Some(view.data.len())) {
         return Err(format!(
             "shape {:?} of {} needs {bytes:?} bytes; {} were given",
             view.shape,

@@ -1,8 +1,11 @@
 //! A backend instance: one OS thread that owns one backend for its life and
 //! runs the batches the scheduler sends it. Gathering the batch into one
 //! buffer is the only copy of the input bytes on this side (the preproc
-//! worker wrote them straight into shared memory); outputs are written from
-//! the backend's memory straight into each request's slot.
+//! worker wrote them straight into shared memory): on the CPU into a host
+//! buffer; on a GPU, where the backend hands out device memory, by DMA from
+//! the pinned slots straight into it, on the instance's staging stream, with
+//! one wait before the model runs. Outputs are written from the backend's
+//! memory straight into each request's slot.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -14,9 +17,10 @@ use shm::stats::{ModelStats, Stage, model_stats, stage_histogram};
 use shm::tensor::{self, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Status};
 
-use crate::backend::{Backend, TensorView};
+use crate::backend::{Backend, DeviceInput, TensorView};
 use crate::batcher::Pending;
 use crate::cuda::decode::GpuDecode;
+use crate::cuda::staging::Staging;
 use crate::worker::{Item, Replies};
 
 pub struct Instance {
@@ -53,12 +57,19 @@ impl AlignedBuf {
 /// check that a panic takes down only its process and the supervisor recovers.
 pub const PANIC_FILE_ENV: &str = "HIGHSERVE_FAULT_PANIC_FILE";
 
-/// Runs batches until the scheduler hangs up. `decode`: the model's GPU
-/// preprocessing (`decode = "gpu"` on a GPU), for batches with images.
+/// An instance's GPU side: the stream its batches' inputs are staged on,
+/// and the model's GPU preprocessing (`decode = "gpu"`) on that stream.
+pub struct Gpu {
+    pub staging: Staging,
+    pub decode: Option<GpuDecode>,
+}
+
+/// Runs batches until the scheduler hangs up. `gpu`: the instance's GPU
+/// side, on a GPU.
 pub fn run(
     inst: Instance,
     mut backend: Box<dyn Backend>,
-    mut decode: Option<GpuDecode>,
+    mut gpu: Option<Gpu>,
     batches: mpsc::Receiver<Vec<Pending<Item>>>,
 ) {
     let fault = std::env::var_os(PANIC_FILE_ENV).map(std::path::PathBuf::from);
@@ -71,7 +82,7 @@ pub fn run(
         {
             panic!("fault injected by {PANIC_FILE_ENV}");
         }
-        let batch = match decode.as_mut() {
+        let batch = match gpu.as_mut().and_then(|g| g.decode.as_mut()) {
             Some(d) if batch.iter().any(|p| p.item.encoded) => stage_images(&inst, d, batch),
             Some(_) => batch,
             // Images reach an instance only when it decodes on the GPU; a
@@ -86,7 +97,7 @@ pub fn run(
             }
         };
         if !batch.is_empty() {
-            run_batch(&inst, backend.as_mut(), decode.as_mut(), &mut bufs, batch, stats);
+            run_batch(&inst, backend.as_mut(), gpu.as_ref(), &mut bufs, batch, stats);
         }
         // Tell the scheduler this instance is free, and wake it if it sleeps.
         if inst.done.send((inst.model_index, inst.instance)).is_err() {
@@ -183,7 +194,7 @@ fn input_shape<'a>(inst: &Instance, item: &'a Item, rows: u32, i: usize) -> (std
 fn run_batch(
     inst: &Instance,
     backend: &mut dyn Backend,
-    mut decode: Option<&mut GpuDecode>,
+    gpu: Option<&Gpu>,
     bufs: &mut [AlignedBuf],
     batch: Vec<Pending<Item>>,
     stats: Option<&ModelStats>,
@@ -194,57 +205,93 @@ fn run_batch(
     let queued: Vec<u64> = batch.iter().map(|p| now_ns.saturating_sub(p.arrived_ns)).collect();
     let queued_ns: u64 = queued.iter().sum();
     let batched = inst.config.max_batch_size > 0;
-    // Gather: item inputs are contiguous tensors in their slots; stack them.
-    let mut shapes: Vec<Vec<i64>> = Vec::new();
-    let mut lens = Vec::new();
-    let mut download: Result<(), String> = Ok(());
-    for (i, buf) in bufs.iter_mut().enumerate() {
-        let parts: Vec<_> = batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i)).collect();
-        let total: usize = parts.iter().map(|(_, len)| len).sum();
-        let dst = buf.bytes_mut(total);
+    // Each input's dims and byte length, per request, and the batch's.
+    let parts: Vec<Vec<_>> = (0..bufs.len())
+        .map(|i| batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i)).collect::<Vec<_>>())
+        .collect();
+    let shapes: Vec<Vec<i64>> = parts
+        .iter()
+        .map(|ps| {
+            let mut shape = ps[0].0.to_vec();
+            if batched {
+                shape[0] = rows as i64;
+            }
+            shape
+        })
+        .collect();
+    let lens: Vec<usize> = parts.iter().map(|ps| ps.iter().map(|(_, len)| len).sum()).collect();
+    let fail_all = |batch: Vec<Pending<Item>>, message: String| {
+        tracing::error!("{}: {message}", inst.name);
+        for p in batch {
+            inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, &message);
+        }
+    };
+    // On a GPU, device memory from the backend for the batch's inputs.
+    let device = match gpu {
+        Some(_) => {
+            let specs: Vec<TensorView<'_>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TensorView { dtype: inst.config.inputs[i].datatype, shape: s, data: &[] })
+                .collect();
+            match backend.device_inputs(&specs) {
+                Ok(d) => d,
+                Err(e) => return fail_all(batch, format!("inference failed: {e}")),
+            }
+        }
+        None => None,
+    };
+    // Gather: item inputs are contiguous tensors in their slots (or rows
+    // made by GPU preprocessing); stack them.
+    let mut copied: Result<(), String> = Ok(());
+    for (i, ps) in parts.iter().enumerate() {
+        let mut host = match &device {
+            None => Some(bufs[i].bytes_mut(lens[i])),
+            Some(_) => None,
+        };
         let mut at = 0;
-        for (p, (_, len)) in batch.iter().zip(&parts) {
+        for (p, (_, len)) in batch.iter().zip(ps) {
             let len = *len;
-            match (&p.item.staged, decode.as_deref_mut()) {
-                (Some(rows), Some(d)) => {
-                    if let Err(e) = d.download(rows.clone(), &mut dst[at..at + len]) {
-                        download = Err(e.to_string());
-                    }
+            let slot_bytes = || {
+                let m = &p.item.inputs[i];
+                &p.item.slot.as_slice()[m.offset..m.offset + len]
+            };
+            let r = match (gpu, &device, host.as_deref_mut(), &p.item.staged) {
+                (Some(g), Some(dev), _, staged) => stage_rows(g, dev[i], at, len, staged.clone(), slot_bytes),
+                (Some(Gpu { decode: Some(d), .. }), None, Some(dst), Some(rows)) => {
+                    d.download(rows.clone(), &mut dst[at..at + len]).map_err(|e| e.to_string())
                 }
-                _ => {
-                    let m = &p.item.inputs[i];
-                    dst[at..at + len].copy_from_slice(&p.item.slot.as_slice()[m.offset..m.offset + len]);
+                (_, _, Some(dst), None) => {
+                    dst[at..at + len].copy_from_slice(slot_bytes());
+                    Ok(())
                 }
+                _ => Err("a request's input has nowhere to go (this is a bug)".to_string()),
+            };
+            if let Err(e) = r {
+                copied = Err(e);
             }
             at += len;
         }
-        let mut shape = parts[0].0.to_vec();
-        if batched {
-            shape[0] = rows as i64;
-        }
-        shapes.push(shape);
-        lens.push(total);
+    }
+    // The batch's one wait: its inputs are on the device (or decoded rows
+    // are back in `bufs`).
+    if let Some(g) = gpu
+        && (device.is_some() || batch.iter().any(|p| p.item.staged.is_some()))
+        && let Err(e) = copied.and_then(|()| g.staging.finish().map_err(|e| e.to_string()))
+    {
+        return fail_all(batch, format!("copying the batch's inputs to the GPU failed: {e}"));
     }
     let gathered = Instant::now();
-    if let Some(d) = decode.as_deref()
-        && batch.iter().any(|p| p.item.staged.is_some())
-    {
-        // The batch's one wait: its images are decoded and in `bufs`.
-        if let Err(e) = download.and_then(|()| d.finish().map_err(|e| e.to_string())) {
-            let message = format!("GPU preprocessing failed: {e}");
-            tracing::error!("{}: {message}", inst.name);
-            for p in batch {
-                inst.replies.fail(&p.item.desc, Some(p.item.slot), Status::Backend, &message);
-            }
-            return;
-        }
-    }
     let views: Vec<TensorView<'_>> = bufs
         .iter()
         .zip(&shapes)
         .zip(&lens)
         .enumerate()
-        .map(|(i, ((b, s), &l))| TensorView { dtype: inst.config.inputs[i].datatype, shape: s, data: b.bytes(l) })
+        .map(|(i, ((b, s), &l))| TensorView {
+            dtype: inst.config.inputs[i].datatype,
+            shape: s,
+            data: if device.is_some() { &[] } else { b.bytes(l) },
+        })
         .collect();
     let items_total = batch.len();
     let mut items: Vec<Option<Pending<Item>>> = batch.into_iter().map(Some).collect();
@@ -254,7 +301,10 @@ fn run_batch(
         scatter(inst, &mut items, outputs, rows, batched);
         scattered = Some(t);
     };
-    let result = backend.run(&views, &mut sink);
+    let result = match device {
+        Some(_) => backend.run_device(&mut sink),
+        None => backend.run(&views, &mut sink),
+    };
     let end = Instant::now();
     // Whatever was not answered (a backend error, or outputs that did not
     // split) fails with the reason.
@@ -296,6 +346,29 @@ fn run_batch(
     }
     if let Some(h) = stage_histogram(inst.replies.pool.region(), inst.model_index as u16, Stage::Compute) {
         h.observe(end - start);
+    }
+}
+
+/// Enqueues one request's rows of one input into the backend's device
+/// memory `dst`, at byte `at`: GPU-preprocessed rows device to device,
+/// tensors by DMA from the request's pinned slot.
+fn stage_rows<'a>(
+    gpu: &Gpu,
+    dst: DeviceInput,
+    at: usize,
+    len: usize,
+    staged: Option<std::ops::Range<usize>>,
+    slot_bytes: impl FnOnce() -> &'a [u8],
+) -> Result<(), String> {
+    // The copies write through raw device addresses: never past the end.
+    if at + len > dst.len {
+        return Err(format!("{len} bytes at {at} overrun the device input of {} bytes (this is a bug)", dst.len));
+    }
+    let to = dst.ptr + at as u64;
+    match (staged, &gpu.decode) {
+        (Some(rows), Some(d)) => d.copy_rows(rows, to, len, &gpu.staging).map_err(|e| e.to_string()),
+        (Some(_), None) => Err("GPU-preprocessed rows without GPU preprocessing (this is a bug)".into()),
+        (None, _) => gpu.staging.upload(to, slot_bytes()).map_err(|e| e.to_string()),
     }
 }
 

@@ -30,9 +30,18 @@ pub fn noise(n: usize, seed: u64) -> Vec<f32> {
 
 /// Runs one FP32 input and returns each output's shape and values.
 pub fn run_f32(b: &mut dyn Backend, shape: &[i64], data: &[f32]) -> Vec<(Vec<i64>, Vec<f32>)> {
-    let mut out = vec![(Vec::new(), Vec::new()); b.outputs().len()];
     let input = TensorView { dtype: DType::F32, shape, data: bytemuck::cast_slice(data) };
-    b.run(&[input], &mut |views| {
+    outputs_f32(b, |b, sink| b.run(&[input], sink))
+}
+
+/// Each FP32 output's shape and values, from `run` (a backend's `run` or
+/// `run_device`).
+pub fn outputs_f32(
+    b: &mut dyn Backend,
+    run: impl FnOnce(&mut dyn Backend, &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), crate::backend::BackendError>,
+) -> Vec<(Vec<i64>, Vec<f32>)> {
+    let mut out = vec![(Vec::new(), Vec::new()); b.outputs().len()];
+    run(b, &mut |views| {
         for (i, v) in views.iter().enumerate() {
             assert_eq!(v.dtype, DType::F32);
             out[i] = (

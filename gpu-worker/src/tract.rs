@@ -11,6 +11,13 @@
 //! another). FP16 (`precision = "fp16"`) converts the model's float weights
 //! and activations with tract's `f32_to_f16` transform; the model's inputs
 //! and outputs stay as the config declares them, cast on the way in and out.
+//!
+//! On the GPU a batch's inputs can also be handed over in device memory
+//! (`Backend::device_inputs`): tract allocates them on the instance's
+//! stream, the instance fills them (from the pinned slots, or from GPU
+//! preprocessing), and the run takes them wrapped in tract-gpu's
+//! `LazyHostStorage`, which its host-to-device step passes through without a
+//! copy.
 
 use std::path::Path;
 
@@ -19,7 +26,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::{Runnable, Runtime, State, runtime_for_name};
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::backend::{Backend, BackendError, IoInfo, TensorView};
+use tract_gpu::tensor::{DeviceTensor, LazyHostStorage};
+
+use crate::backend::{Backend, BackendError, DeviceInput, IoInfo, TensorView};
 
 /// Where tract runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +66,9 @@ pub struct TractBackend {
     inputs: Vec<IoInfo>,
     outputs: Vec<IoInfo>,
     description: String,
+    /// The next batch's inputs in device memory, with their shapes, handed
+    /// out by `device_inputs` and taken by `run_device`.
+    staged: Option<(Vec<Vec<usize>>, Vec<DeviceTensor>)>,
 }
 
 /// A prepared model and the datum type it takes for each input (FP16 when
@@ -118,7 +130,7 @@ impl TractBackend {
         let precision = if opts.fp16 { "FP16" } else { "FP32" };
         let description =
             format!("tract {} {precision}: {} ({mode})", opts.target.runtime_name(), model_file.display());
-        Ok(TractBackend { model, opts, plans, inputs, outputs, description })
+        Ok(TractBackend { model, opts, plans, inputs, outputs, description, staged: None })
     }
 }
 
@@ -355,8 +367,66 @@ impl Backend for TractBackend {
             })
             .collect::<Result<TVec<TValue>, _>>()?;
         let results = plan.state.run(values).map_err(|e| BackendError::Run(format!("{e:#}")))?;
-        // Outputs computed in another type (FP16) go back as declared; the
-        // others are moved out of the run's values, not copied.
+        self.answer(results, sink)
+    }
+
+    fn device_inputs(&mut self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<DeviceInput>>, BackendError> {
+        self.staged = None;
+        if self.opts.target != Target::Cuda {
+            return Ok(None);
+        }
+        crate::backend::check_input_shapes(inputs, &self.inputs)?;
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|v| v.shape.iter().map(|&d| d as usize).collect()).collect();
+        let plan = plan_for(&mut self.plans, &self.model, self.opts, &shapes)?;
+        // An input the plan takes in another type (FP16) is cast on the host.
+        if inputs.iter().zip(&plan.input_types).any(|(v, &want)| datum_of(v.dtype) != Some(want)) {
+            return Ok(None);
+        }
+        let run = |e: TractError| BackendError::Run(format!("device memory for the batch's inputs: {e:#}"));
+        let tensors = inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(v, shape)| DeviceTensor::uninitialized_dt(datum_of(v.dtype).expect("checked above"), shape))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(run)?;
+        // tract allocates on its own stream, in stream order; the caller
+        // writes on another, so the allocation must be done first (the stream
+        // is idle between runs: this wait is short).
+        tract_gpu::device::get_context().and_then(|c| c.synchronize()).map_err(run)?;
+        let handed = tensors
+            .iter()
+            .map(|t| DeviceInput {
+                ptr: t.device_buffer_ptr() as usize as u64,
+                len: t.len() * t.datum_type().size_of(),
+            })
+            .collect();
+        self.staged = Some((shapes, tensors));
+        Ok(Some(handed))
+    }
+
+    fn run_device(&mut self, sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
+        let (shapes, tensors) = self
+            .staged
+            .take()
+            .ok_or_else(|| BackendError::Run("no device inputs were staged (this is a bug)".into()))?;
+        let plan = plan_for(&mut self.plans, &self.model, self.opts, &shapes)?;
+        // Host tensors as far as the plan's input facts go; the plan's first
+        // step (DeviceSync to the device) takes the device tensor back out.
+        let values = tensors
+            .into_iter()
+            .map(|t| LazyHostStorage::new(t).map(|s| s.into_tensor().into_tvalue()))
+            .collect::<TractResult<TVec<TValue>>>()
+            .map_err(|e| BackendError::Run(format!("{e:#}")))?;
+        let results = plan.state.run(values).map_err(|e| BackendError::Run(format!("{e:#}")))?;
+        self.answer(results, sink)
+    }
+}
+
+impl TractBackend {
+    /// Hands a run's outputs to `sink`: those computed in another type
+    /// (FP16) go back as declared; the others are moved out of the run's
+    /// values, not copied.
+    fn answer(&self, results: TVec<TValue>, sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
         let mut cast: Vec<Tensor> = Vec::with_capacity(results.len());
         for (r, info) in results.into_iter().zip(&self.outputs) {
             let want = datum_of(info.dtype).unwrap_or(r.datum_type());
@@ -385,7 +455,7 @@ impl Backend for TractBackend {
 mod tests {
     use super::*;
     use crate::onnx::{OnnxBackend, OnnxOptions, init_runtime};
-    use crate::test_util::{need, noise, repo_path, run_f32};
+    use crate::test_util::{need, noise, outputs_f32, repo_path, run_f32};
 
     fn model(name: &str) -> std::path::PathBuf {
         repo_path(&format!("models/{name}/1/model.onnx"))
@@ -481,6 +551,48 @@ mod tests {
                 eprintln!("skipped (no GPU): {e}");
                 assert!(e.contains("libcuda.so.1"), "a missing driver is named: {e}");
             }
+        }
+    }
+
+    /// Off the GPU, tract takes host inputs only: the instance gathers into a
+    /// host buffer and calls `run`.
+    #[test]
+    fn the_cpu_runtime_takes_host_inputs_only() {
+        let mut t = tract("ppocr_cls", false);
+        let view = TensorView { dtype: DType::F32, shape: &[2, 3, 48, 192], data: &[] };
+        assert!(t.device_inputs(&[view]).expect("no error").is_none());
+        assert!(t.run_device(&mut |_| {}).is_err());
+    }
+
+    /// On a GPU, a batch handed over in device memory (filled by the
+    /// instance's staging stream, as from a pinned slot) gives the outputs
+    /// the same batch gives from host memory; wrong shapes are refused
+    /// before any device memory is handed out.
+    #[test]
+    fn device_inputs_give_the_outputs_of_host_inputs() {
+        let opts = TractOptions { target: Target::Cuda, fp16: false };
+        let mut t = match TractBackend::load(need(&model("ppocr_cls")), opts, Some(&shapes("ppocr_cls"))) {
+            Ok(t) => t,
+            Err(e) => return eprintln!("skipped (no GPU): {e}"),
+        };
+        let shape = [4i64, 3, 48, 192];
+        let data = noise(4 * 3 * 48 * 192, 5);
+        let want = run_f32(&mut t, &shape, &data);
+        let bad = TensorView { dtype: DType::F32, shape: &[4, 4, 48, 192], data: &[] };
+        let err = t.device_inputs(&[bad]).expect_err("4 channels are refused").to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        let view = TensorView { dtype: DType::F32, shape: &shape, data: &[] };
+        let dev = t.device_inputs(&[view]).expect("device memory").expect("tract-cuda takes device inputs");
+        assert_eq!(dev[0].len, data.len() * 4);
+        let staging = crate::cuda::staging::Staging::new().expect("a stream");
+        staging.upload(dev[0].ptr, bytemuck::cast_slice(&data)).expect("copy");
+        staging.finish().expect("wait");
+        let got = outputs_f32(&mut t, |b, sink| b.run_device(sink));
+        for ((gs, g), (ws, w)) in got.iter().zip(&want) {
+            assert_eq!(gs, ws);
+            let d = max_abs_diff(g, w);
+            eprintln!("ppocr_cls on the GPU: device inputs against host inputs, largest difference {d:e}");
+            assert!(d <= 1e-6, "{d}");
         }
     }
 }

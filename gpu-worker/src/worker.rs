@@ -101,6 +101,21 @@ fn open_backend(
     })
 }
 
+/// An instance's staging stream, and its GPU preprocessing where the model
+/// decodes on the GPU (`pre`: its preprocessing and input type).
+fn open_gpu_side(pre: Option<&(model_repo::Preprocess, model_repo::DType)>) -> Result<instance::Gpu, BackendError> {
+    let staging = crate::cuda::staging::Staging::new()
+        .map_err(|e| BackendError::Run(format!("the instance's CUDA stream: {e}")))?;
+    let decode = match pre {
+        Some((p, dtype)) => Some(
+            crate::cuda::decode::GpuDecode::new(p, *dtype, &staging)
+                .map_err(|e| BackendError::Run(format!("GPU preprocessing (decode = \"gpu\"): {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(instance::Gpu { staging, decode })
+}
+
 fn pin_region(device: u32, region: &Arc<shm::Region>) -> Result<crate::cuda::pinned::Pinned, WorkerError> {
     let fail = |m: String| WorkerError::Runtime(BackendError::Run(format!("GPU {device}: {m}")));
     // CUDA_VISIBLE_DEVICES leaves this worker's GPU as ordinal 0.
@@ -299,20 +314,18 @@ fn load_model(
                 let started = std::time::Instant::now();
                 let backend = open_backend(&file, &opts, &config, gpu)
                     .and_then(|b| backend::check_config(b.as_ref(), &config).map(|()| b))
-                    .and_then(|b| match &pre {
-                        Some((p, dtype)) => crate::cuda::decode::GpuDecode::new(p, *dtype)
-                            .map(|d| (b, Some(d)))
-                            .map_err(|e| BackendError::Run(format!("GPU preprocessing (decode = \"gpu\"): {e}"))),
+                    .and_then(|b| match gpu {
+                        Some(_) => open_gpu_side(pre.as_ref()).map(|g| (b, Some(g))),
                         None => Ok((b, None)),
                     });
                 match backend {
-                    Ok((b, decode)) => {
+                    Ok((b, gpu)) => {
                         let mut description = b.describe();
-                        if let Some(d) = &decode {
+                        if let Some(d) = gpu.as_ref().and_then(|g| g.decode.as_ref()) {
                             description = format!("{description}; {}", d.describe());
                         }
                         let _ = loaded_tx.send(Ok((started.elapsed(), description)));
-                        instance::run(inst, b, decode, rx);
+                        instance::run(inst, b, gpu, rx);
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));

@@ -5,17 +5,21 @@
 //! GPU's JPEG engines where it has them, else the hybrid backend), raw frames
 //! are copied straight from their slot, and the preprocessing kernel resizes
 //! and normalizes each image into its row. Everything is enqueued on the
-//! instance's own stream; the one wait is `finish`, before the batch runs.
+//! instance's staging stream ([`Staging`]), and the rows are then copied
+//! device to device into the backend's input (or to the host, for a backend
+//! that takes host inputs); the one wait is the stream's, before the batch
+//! runs.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr as _, DriverError};
 use half::f16;
 use model_repo::{ChannelOrder, DType};
 
 use super::kernels::{DeviceFrame, KernelError, Preprocess};
 use super::nvjpeg::{Backend, Decoder, Nvjpeg, NvjpegError};
+use super::staging::{DevicePtr, Staging};
 use crate::frame::{Normalize, PixelFormat};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,16 @@ pub enum DecodeError {
 enum Out {
     F32(Option<CudaSlice<f32>>),
     F16(Option<CudaSlice<f16>>),
+}
+
+impl Out {
+    fn for_input(dtype: DType) -> Result<Out, DecodeError> {
+        match dtype {
+            DType::F32 => Ok(Out::F32(None)),
+            DType::F16 => Ok(Out::F16(None)),
+            other => Err(DecodeError::Config(format!("the GPU kernel writes FP32 or FP16, not {other}"))),
+        }
+    }
 }
 
 /// One model instance's GPU preprocessing (made and used on its thread).
@@ -55,20 +69,11 @@ pub struct GpuDecode {
 
 impl GpuDecode {
     /// For a model whose preprocessing is `pre` into a `dtype` input, on the
-    /// worker's GPU (ordinal 0 under its CUDA_VISIBLE_DEVICES).
-    pub fn new(pre: &model_repo::Preprocess, dtype: DType) -> Result<GpuDecode, DecodeError> {
-        let out = match dtype {
-            DType::F32 => Out::F32(None),
-            DType::F16 => Out::F16(None),
-            other => return Err(DecodeError::Config(format!("the GPU kernel writes FP32 or FP16, not {other}"))),
-        };
-        // cudarc panics where the driver library is missing: ask first.
-        if !super::device::driver_loadable() {
-            return Err(DecodeError::Config("the CUDA driver (libcuda.so.1) cannot be loaded: no GPU here".into()));
-        }
-        let ctx = CudaContext::new(0)?;
-        let stream = ctx.new_stream()?;
-        let kernels = Preprocess::load(&ctx)?;
+    /// staging stream of the instance (the worker's GPU).
+    pub fn new(pre: &model_repo::Preprocess, dtype: DType, staging: &Staging) -> Result<GpuDecode, DecodeError> {
+        let out = Out::for_input(dtype)?;
+        let stream = staging.stream().clone();
+        let kernels = Preprocess::load(stream.context())?;
         let api = Nvjpeg::find(&super::libs::search_dirs(&[]))?;
         // The hardware backend exists on GPUs with JPEG engines (A100, H100);
         // elsewhere creating it fails and the hybrid one does the work.
@@ -204,7 +209,7 @@ impl GpuDecode {
 
     /// Enqueues the copy of rows `rows` of the device tensor into `dst`
     /// (host memory, the model input's bytes for those rows).
-    pub fn download(&mut self, rows: Range<usize>, dst: &mut [u8]) -> Result<(), DecodeError> {
+    pub fn download(&self, rows: Range<usize>, dst: &mut [u8]) -> Result<(), DecodeError> {
         let per = self.per_image();
         let range = rows.start * per..rows.end * per;
         let bad = |e: bytemuck::PodCastError| DecodeError::Config(format!("input buffer: {e}"));
@@ -222,9 +227,44 @@ impl GpuDecode {
         Ok(())
     }
 
-    /// Waits for everything enqueued (the batch's one wait).
-    pub fn finish(&self) -> Result<(), DecodeError> {
-        Ok(self.stream.synchronize()?)
+    /// Enqueues the copy of rows `rows` of the device tensor to `dst`
+    /// (device memory: the backend's input for those rows, `len` bytes), on
+    /// `staging`, the stream the rows were made on.
+    pub fn copy_rows(
+        &self,
+        rows: Range<usize>,
+        dst: DevicePtr,
+        len: usize,
+        staging: &Staging,
+    ) -> Result<(), DecodeError> {
+        let per = self.per_image();
+        let range = rows.start * per..rows.end * per;
+        let size = match self.out {
+            Out::F32(_) => size_of::<f32>(),
+            Out::F16(_) => size_of::<f16>(),
+        };
+        if range.len() * size != len {
+            return Err(DecodeError::Config(format!(
+                "{} rows are {} bytes, not the {len} of their place in the batch (this is a bug)",
+                rows.len(),
+                range.len() * size
+            )));
+        }
+        let s = &self.stream;
+        match &self.out {
+            Out::F32(Some(o)) => {
+                let rows = o.slice(range.clone());
+                let (src, _record) = rows.device_ptr(s);
+                staging.copy(dst, src, range.len() * size_of::<f32>())?;
+            }
+            Out::F16(Some(o)) => {
+                let rows = o.slice(range.clone());
+                let (src, _record) = rows.device_ptr(s);
+                staging.copy(dst, src, range.len() * size_of::<f16>())?;
+            }
+            _ => return Err(DecodeError::Config("nothing was staged".into())),
+        }
+        Ok(())
     }
 }
 
@@ -272,13 +312,10 @@ mod tests {
     }
 
     #[test]
-    fn without_a_gpu_it_is_an_error_not_a_crash() {
-        if super::super::device::probe().is_ok() {
-            eprintln!("skipped: a GPU is present (tests/gpu.rs checks the GPU path)");
-            return;
-        }
-        let pre: model_repo::Preprocess = toml::from_str("resize = \"stretch\"\nwidth = 224\nheight = 224").unwrap();
-        assert!(GpuDecode::new(&pre, DType::F32).is_err());
-        assert!(matches!(GpuDecode::new(&pre, DType::U8), Err(DecodeError::Config(_))));
+    fn the_kernel_writes_fp32_or_fp16_only() {
+        assert!(matches!(Out::for_input(DType::F32), Ok(Out::F32(None))));
+        assert!(matches!(Out::for_input(DType::F16), Ok(Out::F16(None))));
+        let e = Out::for_input(DType::U8).err().expect("UINT8 is refused").to_string();
+        assert!(e.contains("FP32 or FP16"), "{e}");
     }
 }
