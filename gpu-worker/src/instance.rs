@@ -7,6 +7,7 @@
 //! one wait before the model runs. Outputs are written from the backend's
 //! memory straight into each request's slot.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use model_repo::ModelConfig;
 use shm::mailbox::SelfWaker;
 use shm::stats::{ModelStats, Stage, model_stats, stage_histogram};
 use shm::tensor::{self, TensorSpec};
-use shm::{Descriptor, Kind, ProcId, Status};
+use shm::{Descriptor, Kind, ProcId, ShmError, Status};
 
 use crate::backend::{Backend, DeviceInput, TensorView};
 use crate::batcher::Pending;
@@ -76,7 +77,24 @@ pub fn run(
     let region = inst.replies.pool.region().clone();
     let stats = model_stats(&region, inst.gpu, inst.model_index as u16);
     let mut bufs: Vec<AlignedBuf> = (0..inst.config.inputs.len()).map(|_| AlignedBuf::default()).collect();
-    for batch in batches {
+    let mut parked = Parked::default();
+    loop {
+        // While outputs wait for a slot, look again every millisecond.
+        let batch = if parked.is_empty() {
+            match batches.recv() {
+                Ok(b) => b,
+                Err(_) => break,
+            }
+        } else {
+            match batches.recv_timeout(Duration::from_millis(1)) {
+                Ok(b) => b,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    parked.retry(&inst);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
         if let Some(f) = &fault
             && std::fs::remove_file(f).is_ok()
         {
@@ -97,14 +115,16 @@ pub fn run(
             }
         };
         if !batch.is_empty() {
-            run_batch(&inst, backend.as_mut(), gpu.as_ref(), &mut bufs, batch, stats);
+            run_batch(&inst, backend.as_mut(), gpu.as_ref(), &mut bufs, &mut parked, batch, stats);
         }
+        parked.retry(&inst);
         // Tell the scheduler this instance is free, and wake it if it sleeps.
         if inst.done.send((inst.model_index, inst.instance)).is_err() {
             break;
         }
         inst.waker.wake();
     }
+    parked.give_up(&inst, "the inference worker is shutting down");
 }
 
 /// Enqueues the decoding and preprocessing of the batch's images on the GPU
@@ -196,6 +216,7 @@ fn run_batch(
     backend: &mut dyn Backend,
     gpu: Option<&Gpu>,
     bufs: &mut [AlignedBuf],
+    parked: &mut Parked,
     batch: Vec<Pending<Item>>,
     stats: Option<&ModelStats>,
 ) {
@@ -298,7 +319,7 @@ fn run_batch(
     let mut scattered = None;
     let mut sink = |outputs: &[TensorView<'_>]| {
         let t = Instant::now();
-        scatter(inst, &mut items, outputs, rows, batched);
+        scatter(inst, &mut items, outputs, rows, batched, parked);
         scattered = Some(t);
     };
     let result = match device {
@@ -373,8 +394,16 @@ fn stage_rows<'a>(
 }
 
 /// Splits each output along the batch dimension and sends every request its
-/// rows, written into its own slot when that is large enough.
-fn scatter(inst: &Instance, items: &mut [Option<Pending<Item>>], outputs: &[TensorView<'_>], rows: u32, batched: bool) {
+/// rows, written into its own slot when that is large enough, else into a
+/// new one; where none is free, the rows wait in `parked`.
+fn scatter(
+    inst: &Instance,
+    items: &mut [Option<Pending<Item>>],
+    outputs: &[TensorView<'_>],
+    rows: u32,
+    batched: bool,
+    parked: &mut Parked,
+) {
     let split_ok = outputs
         .iter()
         .all(|o| !batched || (o.shape.first() == Some(&(rows as i64)) && o.data.len() % rows.max(1) as usize == 0));
@@ -396,31 +425,252 @@ fn scatter(inst: &Instance, items: &mut [Option<Pending<Item>>], outputs: &[Tens
                 TensorSpec { dtype: o.dtype, dims, byte_len }
             })
             .collect();
-        let result = (|| {
-            let need = tensor::plan(0, &specs)?.0;
-            let mut out = if p.item.slot.capacity() >= need {
-                p.item.slot
-            } else {
-                inst.replies.pool.alloc(need, inst.replies.me, p.item.desc.request_id)?
-            };
-            let (table_len, ranges) = tensor::write_table(out.as_mut_slice(), 0, &specs)?;
-            for (o, range) in outputs.iter().zip(&ranges) {
+        let data: Vec<&[u8]> = outputs
+            .iter()
+            .map(|o| {
                 let per = if batched { o.data.len() / rows as usize } else { 0 };
-                let src = if batched { &o.data[row * per..(row + r) * per] } else { o.data };
-                out.as_mut_slice()[range.clone()].copy_from_slice(src);
-            }
-            let d = Descriptor {
-                kind: Kind::Outputs as u8,
-                offset: 0,
-                len: table_len as u32,
-                sent_ns: shm::now_ns(),
-                ..p.item.desc
-            };
-            inst.replies.send(ProcId(p.item.desc.reply_to), d, out)
-        })();
-        if let Err(e) = result {
-            inst.replies.fail(&p.item.desc, None, Status::Unavailable, &format!("cannot return the outputs: {e}"));
-        }
+                if batched { &o.data[row * per..(row + r) * per] } else { o.data }
+            })
+            .collect();
         row += r;
+        let desc = p.item.desc;
+        let result = tensor::plan(0, &specs).and_then(|(need, _)| {
+            if p.item.slot.capacity() >= need {
+                return send_outputs(inst, &desc, &specs, &data, p.item.slot);
+            }
+            drop(p.item.slot);
+            match inst.replies.pool.alloc(need, inst.replies.me, desc.request_id) {
+                Ok(out) => send_outputs(inst, &desc, &specs, &data, out),
+                Err(ShmError::NoSlot { wanted, largest }) if wanted <= largest && parked.has_room(need) => {
+                    parked.park(desc, need, specs, &data);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        });
+        if let Err(e) = result {
+            inst.replies.fail(&desc, None, Status::Unavailable, &format!("cannot return the outputs: {e}"));
+        }
+    }
+}
+
+/// Writes a request's outputs into `out` (a table, then the bytes) and sends
+/// it to the process that asked.
+fn send_outputs(
+    inst: &Instance,
+    desc: &Descriptor,
+    specs: &[TensorSpec],
+    data: &[impl AsRef<[u8]>],
+    mut out: shm::Slot,
+) -> Result<(), ShmError> {
+    let (table_len, ranges) = tensor::write_table(out.as_mut_slice(), 0, specs)?;
+    for (src, range) in data.iter().zip(ranges) {
+        out.as_mut_slice()[range].copy_from_slice(src.as_ref());
+    }
+    let d = Descriptor { kind: Kind::Outputs as u8, offset: 0, len: table_len as u32, sent_ns: shm::now_ns(), ..*desc };
+    inst.replies.send(ProcId(desc.reply_to), d, out)
+}
+
+/// Outputs that found no free shared-memory slot large enough (every slot
+/// of the classes that fit is in use, for a moment): their bytes wait here,
+/// and are sent oldest first as soon as a slot frees (the instance retries
+/// every millisecond while any wait, and runs other batches meanwhile), until
+/// the request's deadline. As the preproc workers' pipelines do with their
+/// steps, instead of answering 503 to a load the slots can carry a moment
+/// later.
+#[derive(Default)]
+pub struct Parked {
+    queue: VecDeque<ParkedOutputs>,
+    bytes: usize,
+}
+
+struct ParkedOutputs {
+    desc: Descriptor,
+    need: usize,
+    specs: Vec<TensorSpec>,
+    data: Vec<Vec<u8>>,
+    until_ns: u64,
+}
+
+/// The most output bytes an instance keeps waiting for slots; past that,
+/// requests fail with 503 at once.
+const PARKED_BYTES: usize = 256 << 20;
+/// How long outputs of a request without a deadline wait for a slot.
+const PARKED_WITHOUT_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Parked {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn has_room(&self, need: usize) -> bool {
+        self.bytes + need <= PARKED_BYTES
+    }
+
+    fn park(&mut self, desc: Descriptor, need: usize, specs: Vec<TensorSpec>, data: &[&[u8]]) {
+        tracing::debug!(request_id = desc.request_id, need, "no free shared-memory slot for the outputs; waiting");
+        let until_ns = match desc.deadline_ns {
+            0 => shm::now_ns() + PARKED_WITHOUT_DEADLINE.as_nanos() as u64,
+            d => d,
+        };
+        self.bytes += need;
+        self.queue.push_back(ParkedOutputs {
+            desc,
+            need,
+            specs,
+            data: data.iter().map(|d| d.to_vec()).collect(),
+            until_ns,
+        });
+    }
+
+    /// Fails everything still waiting.
+    fn give_up(&mut self, inst: &Instance, why: &str) {
+        for p in self.queue.drain(..) {
+            inst.replies.fail(&p.desc, None, Status::Unavailable, &format!("cannot return the outputs: {why}"));
+        }
+        self.bytes = 0;
+    }
+
+    /// Sends what now finds a slot, oldest first, and fails what waited past
+    /// its deadline.
+    fn retry(&mut self, inst: &Instance) {
+        while let Some(p) = self.queue.front() {
+            let result = if shm::now_ns() >= p.until_ns {
+                Err(format!(
+                    "no shared-memory slot of {} bytes for the outputs freed before the request's deadline \
+                     (raise [shm] slot counts or sizes)",
+                    p.need
+                ))
+            } else {
+                match inst.replies.pool.alloc(p.need, inst.replies.me, p.desc.request_id) {
+                    Ok(out) => send_outputs(inst, &p.desc, &p.specs, &p.data, out).map_err(|e| e.to_string()),
+                    Err(ShmError::NoSlot { .. }) => return, // still none: the oldest goes first
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            let p = self.queue.pop_front().expect("looked at above");
+            self.bytes -= p.need;
+            if let Err(e) = result {
+                inst.replies.fail(&p.desc, None, Status::Unavailable, &format!("cannot return the outputs: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use shm::mailbox::Wiring;
+    use shm::{Inbox, LayoutParams, Region, SlotClass, SlotPool, Topology};
+
+    use super::*;
+    use crate::worker::Replies;
+
+    /// An instance of the inference worker (GPU 0) of a region with two
+    /// 4 KiB slots and one 16 KiB slot, and the frontend's inbox.
+    fn setup() -> (Instance, Inbox, SlotPool, mpsc::Receiver<(usize, usize)>) {
+        let topology = Topology { gpus: 1, preprocs: 1 };
+        let classes = [SlotClass { size: 4096, count: 2 }, SlotClass { size: 16384, count: 1 }];
+        let p = LayoutParams::new(topology, 1, 8, &classes).unwrap();
+        let region = Arc::new(Region::heap(&p).unwrap());
+        let efds: Vec<Arc<OwnedFd>> = (0..topology.procs())
+            .map(|_| Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap()))
+            .collect();
+        let me = topology.gpu(0);
+        let wiring = Wiring::new(region.clone(), me, efds.clone()).unwrap();
+        let frontend = Wiring::new(region.clone(), ProcId::FRONTEND, efds).unwrap();
+        let replies = Arc::new(Replies {
+            me,
+            pool: SlotPool::new(region.clone()),
+            outboxes: (0..topology.procs()).map(|p| wiring.outbox(ProcId(p as u16))).collect(),
+        });
+        let text = "max_batch_size = 4\n[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [2]\n\
+                    [[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [-1]\n";
+        let (done, done_rx) = mpsc::channel();
+        let inst = Instance {
+            name: "m".into(),
+            model_index: 0,
+            instance: 0,
+            gpu: 0,
+            config: ModelConfig::parse(text, "config.toml").unwrap(),
+            replies,
+            done,
+            waker: wiring.self_waker(),
+        };
+        (inst, frontend.inbox(), SlotPool::new(region), done_rx)
+    }
+
+    /// A one-row request in a 4 KiB slot, as the frontend sends it.
+    fn request(inst: &Instance, id: u64, deadline_ns: u64) -> Option<Pending<Item>> {
+        let slot = inst.replies.pool.alloc(64, ProcId::FRONTEND, id).unwrap();
+        let desc = Descriptor { request_id: id, deadline_ns, reply_to: 0, rows: 1, ..Default::default() };
+        let item = Item { desc, slot, inputs: Vec::new(), encoded: false, staged: None };
+        Some(Pending { item, rows: 1, shape_key: 0, arrived_ns: 0, deadline_ns, priority: 0 })
+    }
+
+    /// Outputs of 8000 bytes per request: more than the request's 4 KiB slot.
+    fn outputs(rows: usize) -> (Vec<i64>, Vec<u8>) {
+        (vec![rows as i64, 2000], (0..rows * 8000).map(|i| (i % 251) as u8).collect())
+    }
+
+    #[test]
+    fn outputs_wait_for_a_slot_and_are_sent_when_one_frees() {
+        let (inst, mut inbox, pool, _done) = setup();
+        // Someone else holds the only slot large enough.
+        let held = pool.alloc(16384, ProcId::FRONTEND, 99).unwrap();
+        let (shape, data) = outputs(1);
+        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &shape, data: &data };
+        let mut parked = Parked::default();
+        let mut items = vec![request(&inst, 1, 0)];
+        scatter(&inst, &mut items, &[view], 1, true, &mut parked);
+        assert!(!parked.is_empty(), "parked, not failed");
+        assert!(inbox.try_recv().is_none(), "nothing sent yet");
+        parked.retry(&inst);
+        assert!(!parked.is_empty() && inbox.try_recv().is_none(), "still no slot");
+        drop(held);
+        parked.retry(&inst);
+        assert!(parked.is_empty());
+        let (from, d) = inbox.try_recv().expect("the outputs are sent");
+        assert_eq!((d.request_id, d.kind), (1, Kind::Outputs as u8));
+        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
+        let metas = tensor::read_table(slot.as_slice(), 0, d.len as usize).unwrap();
+        assert_eq!(metas[0].dims, vec![1, 2000]);
+        assert_eq!(&slot.as_slice()[metas[0].offset..metas[0].offset + metas[0].len], &data[..]);
+    }
+
+    #[test]
+    fn outputs_that_find_no_slot_by_the_deadline_fail_with_503() {
+        let (inst, mut inbox, pool, _done) = setup();
+        let _held = pool.alloc(16384, ProcId::FRONTEND, 99).unwrap();
+        let (shape, data) = outputs(1);
+        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &shape, data: &data };
+        let mut parked = Parked::default();
+        let mut items = vec![request(&inst, 2, shm::now_ns() + 5_000_000)];
+        scatter(&inst, &mut items, &[view], 1, true, &mut parked);
+        std::thread::sleep(Duration::from_millis(10));
+        parked.retry(&inst);
+        assert!(parked.is_empty());
+        let (from, d) = inbox.try_recv().expect("a failure is sent");
+        assert_eq!((d.request_id, d.kind, d.status), (2, Kind::Error as u8, Status::Unavailable as u8));
+        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
+        let message = String::from_utf8_lossy(&slot.as_slice()[..d.len as usize]).to_string();
+        assert!(message.contains("before the request's deadline") && message.contains("[shm]"), "{message}");
+    }
+
+    #[test]
+    fn outputs_larger_than_any_slot_fail_at_once() {
+        let (inst, mut inbox, pool, _done) = setup();
+        let data = vec![0u8; 24000]; // no slot class holds them
+        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &[1, 6000], data: &data };
+        let mut parked = Parked::default();
+        let mut items = vec![request(&inst, 3, 0)];
+        scatter(&inst, &mut items, &[view], 1, true, &mut parked);
+        assert!(parked.is_empty());
+        let (from, d) = inbox.try_recv().expect("a failure is sent");
+        assert_eq!((d.kind, d.status), (Kind::Error as u8, Status::Unavailable as u8));
+        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
+        let message = String::from_utf8_lossy(&slot.as_slice()[..d.len as usize]).to_string();
+        assert!(message.contains("largest slot class is 16384 bytes"), "{message}");
     }
 }
