@@ -609,22 +609,32 @@ mod tests {
         Some(Pending { item, rows: 1, shape_key: 0, arrived_ns: 0, deadline_ns, priority: 0 })
     }
 
-    /// Outputs of 8000 bytes per request: more than the request's 4 KiB slot.
-    fn outputs(rows: usize) -> (Vec<i64>, Vec<u8>) {
-        (vec![rows as i64, 2000], (0..rows * 8000).map(|i| (i % 251) as u8).collect())
+    /// Scatters one request's outputs of 8000 bytes (more than its 4 KiB
+    /// slot) while the only slot large enough is held: they wait. Returns
+    /// what waits, the held slot and the outputs' bytes.
+    fn scatter_while_held(inst: &Instance, pool: &SlotPool, id: u64, deadline_ns: u64) -> (Parked, shm::Slot, Vec<u8>) {
+        let held = pool.alloc(16384, ProcId::FRONTEND, 99).unwrap();
+        let data: Vec<u8> = (0..8000).map(|i| (i % 251) as u8).collect();
+        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &[1, 2000], data: &data };
+        let mut parked = Parked::default();
+        scatter(inst, &mut [request(inst, id, deadline_ns)], &[view], 1, true, &mut parked);
+        assert!(!parked.is_empty(), "parked, not failed");
+        (parked, held, data)
+    }
+
+    /// The failure the frontend received: its descriptor (checked to be a
+    /// 503) and message.
+    fn failure(inbox: &mut Inbox, pool: &SlotPool) -> (Descriptor, String) {
+        let (from, d) = inbox.try_recv().expect("a failure is sent");
+        assert_eq!((d.kind, d.status), (Kind::Error as u8, Status::Unavailable as u8));
+        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
+        (d, String::from_utf8_lossy(&slot.as_slice()[..d.len as usize]).to_string())
     }
 
     #[test]
     fn outputs_wait_for_a_slot_and_are_sent_when_one_frees() {
         let (inst, mut inbox, pool, _done) = setup();
-        // Someone else holds the only slot large enough.
-        let held = pool.alloc(16384, ProcId::FRONTEND, 99).unwrap();
-        let (shape, data) = outputs(1);
-        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &shape, data: &data };
-        let mut parked = Parked::default();
-        let mut items = vec![request(&inst, 1, 0)];
-        scatter(&inst, &mut items, &[view], 1, true, &mut parked);
-        assert!(!parked.is_empty(), "parked, not failed");
+        let (mut parked, held, data) = scatter_while_held(&inst, &pool, 1, 0);
         assert!(inbox.try_recv().is_none(), "nothing sent yet");
         parked.retry(&inst);
         assert!(!parked.is_empty() && inbox.try_recv().is_none(), "still no slot");
@@ -642,19 +652,12 @@ mod tests {
     #[test]
     fn outputs_that_find_no_slot_by_the_deadline_fail_with_503() {
         let (inst, mut inbox, pool, _done) = setup();
-        let _held = pool.alloc(16384, ProcId::FRONTEND, 99).unwrap();
-        let (shape, data) = outputs(1);
-        let view = TensorView { dtype: shm::tensor::DType::F32, shape: &shape, data: &data };
-        let mut parked = Parked::default();
-        let mut items = vec![request(&inst, 2, shm::now_ns() + 5_000_000)];
-        scatter(&inst, &mut items, &[view], 1, true, &mut parked);
+        let (mut parked, _held, _) = scatter_while_held(&inst, &pool, 2, shm::now_ns() + 5_000_000);
         std::thread::sleep(Duration::from_millis(10));
         parked.retry(&inst);
         assert!(parked.is_empty());
-        let (from, d) = inbox.try_recv().expect("a failure is sent");
-        assert_eq!((d.request_id, d.kind, d.status), (2, Kind::Error as u8, Status::Unavailable as u8));
-        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
-        let message = String::from_utf8_lossy(&slot.as_slice()[..d.len as usize]).to_string();
+        let (d, message) = failure(&mut inbox, &pool);
+        assert_eq!(d.request_id, 2);
         assert!(message.contains("before the request's deadline") && message.contains("[shm]"), "{message}");
     }
 
@@ -667,10 +670,8 @@ mod tests {
         let mut items = vec![request(&inst, 3, 0)];
         scatter(&inst, &mut items, &[view], 1, true, &mut parked);
         assert!(parked.is_empty());
-        let (from, d) = inbox.try_recv().expect("a failure is sent");
-        assert_eq!((d.kind, d.status), (Kind::Error as u8, Status::Unavailable as u8));
-        let slot = pool.adopt(from, ProcId::FRONTEND, &d).unwrap();
-        let message = String::from_utf8_lossy(&slot.as_slice()[..d.len as usize]).to_string();
+        let (d, message) = failure(&mut inbox, &pool);
+        assert_eq!(d.request_id, 3);
         assert!(message.contains("largest slot class is 16384 bytes"), "{message}");
     }
 }
