@@ -77,8 +77,7 @@ fn main() {
             measure(&backend_name, fp16, b, "device", seconds, || {
                 let dev = backend.device_inputs(&[input]).expect("device memory").expect("device inputs");
                 staging.upload(dev[0].ptr, bytes).expect("copy");
-                staging.finish().expect("wait");
-                backend.run_device(&mut |_| {}).expect("inference runs")
+                backend.run_device(staging.stream(), &mut |_| {}).expect("inference runs")
             });
         }
     }

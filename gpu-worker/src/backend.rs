@@ -3,6 +3,9 @@
 //! and called only from there, so it needs `Send` but not `Sync`, and the
 //! trait stays object-safe so the scheduler can hold `Box<dyn Backend>`.
 
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
 use model_repo::{ModelConfig, TensorConfig};
 use shm::tensor::DType;
 
@@ -79,19 +82,25 @@ pub trait Backend: Send {
     fn run(&mut self, inputs: &[TensorView<'_>], sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError>;
 
     /// For a backend on a GPU: device memory for the next batch's inputs,
-    /// of these types and shapes (`data` is ignored), which the caller fills
-    /// and waits for before calling [`Backend::run_device`], so a batch goes
-    /// from the pinned shared-memory slots (or from GPU preprocessing)
-    /// straight to the device, with no host buffer between. `None`: this
-    /// backend (or this batch, say one it would have to cast) takes host
-    /// inputs through [`Backend::run`].
+    /// of these types and shapes (`data` is ignored), ready to be written by
+    /// any stream; the caller fills it by work enqueued on one stream, then
+    /// calls [`Backend::run_device`] with that stream. So a batch goes from
+    /// the pinned shared-memory slots (or from GPU preprocessing) straight
+    /// to the device, with no host buffer between. `None`: this backend (or
+    /// this batch, say one it would have to cast) takes host inputs through
+    /// [`Backend::run`].
     fn device_inputs(&mut self, _inputs: &[TensorView<'_>]) -> Result<Option<Vec<DeviceInput>>, BackendError> {
         Ok(None)
     }
 
     /// Runs the batch whose inputs [`Backend::device_inputs`] handed out,
-    /// and calls `sink` as [`Backend::run`] does.
-    fn run_device(&mut self, _sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
+    /// once the work enqueued on `stream` is done (a wait on the GPU, not on
+    /// the host), and calls `sink` as [`Backend::run`] does.
+    fn run_device(
+        &mut self,
+        _stream: &Arc<CudaStream>,
+        _sink: &mut dyn FnMut(&[TensorView<'_>]),
+    ) -> Result<(), BackendError> {
         Err(BackendError::Run("this backend takes host inputs only (this is a bug)".into()))
     }
 }

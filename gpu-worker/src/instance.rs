@@ -3,8 +3,9 @@
 //! buffer is the only copy of the input bytes on this side (the preproc
 //! worker wrote them straight into shared memory): on the CPU into a host
 //! buffer; on a GPU, where the backend hands out device memory, by DMA from
-//! the pinned slots straight into it, on the instance's staging stream, with
-//! one wait before the model runs. Outputs are written from the backend's
+//! the pinned slots straight into it, on the instance's staging stream, which
+//! the backend's stream waits for on the GPU: the batch's one host wait is at
+//! the end of the run. Outputs are written from the backend's
 //! memory straight into each request's slot.
 
 use std::collections::VecDeque;
@@ -294,13 +295,16 @@ fn run_batch(
             at += len;
         }
     }
-    // The batch's one wait: its inputs are on the device (or decoded rows
-    // are back in `bufs`).
-    if let Some(g) = gpu
-        && (device.is_some() || batch.iter().any(|p| p.item.staged.is_some()))
-        && let Err(e) = copied.and_then(|()| g.staging.finish().map_err(|e| e.to_string()))
-    {
-        return fail_all(batch, format!("copying the batch's inputs to the GPU failed: {e}"));
+    // Copies to the device are waited for by the backend's stream, on the
+    // GPU (`run_device`); rows copied back to the host for a backend that
+    // takes host inputs, here. After a failure, too, before the slots (and
+    // the device memory) the copies use are given back.
+    if let Some(g) = gpu {
+        let wait_here = copied.is_err() || (device.is_none() && batch.iter().any(|p| p.item.staged.is_some()));
+        let waited = if wait_here { g.staging.finish().map_err(|e| e.to_string()) } else { Ok(()) };
+        if let Err(e) = copied.and(waited) {
+            return fail_all(batch, format!("copying the batch's inputs to the GPU failed: {e}"));
+        }
     }
     let gathered = Instant::now();
     let views: Vec<TensorView<'_>> = bufs
@@ -322,9 +326,9 @@ fn run_batch(
         scatter(inst, &mut items, outputs, rows, batched, parked);
         scattered = Some(t);
     };
-    let result = match device {
-        Some(_) => backend.run_device(&mut sink),
-        None => backend.run(&views, &mut sink),
+    let result = match (device, gpu) {
+        (Some(_), Some(g)) => backend.run_device(g.staging.stream(), &mut sink),
+        _ => backend.run(&views, &mut sink),
     };
     let end = Instant::now();
     // Whatever was not answered (a backend error, or outputs that did not

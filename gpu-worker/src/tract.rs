@@ -20,7 +20,9 @@
 //! copy.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use shm::tensor::DType;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::{Runnable, Runtime, State, runtime_for_name};
@@ -68,7 +70,7 @@ pub struct TractBackend {
     description: String,
     /// The next batch's inputs in device memory, with their shapes, handed
     /// out by `device_inputs` and taken by `run_device`.
-    staged: Option<(Vec<Vec<usize>>, Vec<DeviceTensor>)>,
+    staged: Option<(Vec<Vec<usize>>, TVec<TValue>)>,
 }
 
 /// A prepared model and the datum type it takes for each input (FP16 when
@@ -389,10 +391,6 @@ impl Backend for TractBackend {
             .map(|(v, shape)| DeviceTensor::uninitialized_dt(datum_of(v.dtype).expect("checked above"), shape))
             .collect::<TractResult<Vec<_>>>()
             .map_err(run)?;
-        // tract allocates on its own stream, in stream order; the caller
-        // writes on another, so the allocation must be done first (the stream
-        // is idle between runs: this wait is short).
-        tract_gpu::device::get_context().and_then(|c| c.synchronize()).map_err(run)?;
         let handed = tensors
             .iter()
             .map(|t| DeviceInput {
@@ -400,23 +398,39 @@ impl Backend for TractBackend {
                 len: t.len() * t.datum_type().size_of(),
             })
             .collect();
-        self.staged = Some((shapes, tensors));
-        Ok(Some(handed))
-    }
-
-    fn run_device(&mut self, sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
-        let (shapes, tensors) = self
-            .staged
-            .take()
-            .ok_or_else(|| BackendError::Run("no device inputs were staged (this is a bug)".into()))?;
-        let plan = plan_for(&mut self.plans, &self.model, self.opts, &shapes)?;
         // Host tensors as far as the plan's input facts go; the plan's first
         // step (DeviceSync to the device) takes the device tensor back out.
+        // Wrapping waits for tract's own stream, which holds nothing but
+        // these allocations (tract allocates in stream order), so the caller
+        // may write them from any stream once this returns.
         let values = tensors
             .into_iter()
             .map(|t| LazyHostStorage::new(t).map(|s| s.into_tensor().into_tvalue()))
             .collect::<TractResult<TVec<TValue>>>()
-            .map_err(|e| BackendError::Run(format!("{e:#}")))?;
+            .map_err(run)?;
+        self.staged = Some((shapes, values));
+        Ok(Some(handed))
+    }
+
+    fn run_device(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        sink: &mut dyn FnMut(&[TensorView<'_>]),
+    ) -> Result<(), BackendError> {
+        let (shapes, values) = self
+            .staged
+            .take()
+            .ok_or_else(|| BackendError::Run("no device inputs were staged (this is a bug)".into()))?;
+        // tract's stream waits (on the GPU) for the caller's copies: the
+        // batch's one host wait is tract's own, at the end of the run. First
+        // of all, so that whatever happens next, the inputs' memory is freed
+        // (in tract's stream order) only after the copies into it; where
+        // even that fails, the host waits for them.
+        if let Err(e) = tract_cuda::with_cuda_stream(|own| Ok(own.join(stream)?)) {
+            let _ = stream.synchronize();
+            return Err(BackendError::Run(format!("{e:#}")));
+        }
+        let plan = plan_for(&mut self.plans, &self.model, self.opts, &shapes)?;
         let results = plan.state.run(values).map_err(|e| BackendError::Run(format!("{e:#}")))?;
         self.answer(results, sink)
     }
@@ -561,7 +575,6 @@ mod tests {
         let mut t = tract("ppocr_cls", false);
         let view = TensorView { dtype: DType::F32, shape: &[2, 3, 48, 192], data: &[] };
         assert!(t.device_inputs(&[view]).expect("no error").is_none());
-        assert!(t.run_device(&mut |_| {}).is_err());
     }
 
     /// On a GPU, a batch handed over in device memory (filled by the
@@ -586,8 +599,8 @@ mod tests {
         assert_eq!(dev[0].len, data.len() * 4);
         let staging = crate::cuda::staging::Staging::new().expect("a stream");
         staging.upload(dev[0].ptr, bytemuck::cast_slice(&data)).expect("copy");
-        staging.finish().expect("wait");
-        let got = outputs_f32(&mut t, |b, sink| b.run_device(sink));
+        // No host wait: the run's stream waits for the copy.
+        let got = outputs_f32(&mut t, |b, sink| b.run_device(staging.stream(), sink));
         for ((gs, g), (ws, w)) in got.iter().zip(&want) {
             assert_eq!(gs, ws);
             let d = max_abs_diff(g, w);

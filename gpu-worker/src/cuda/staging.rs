@@ -2,8 +2,9 @@
 //! GPU: tensors copied by DMA straight from their (page-locked) shared-memory
 //! slots into the device memory the backend hands out, and the rows GPU
 //! preprocessing made copied device to device beside them. Everything is
-//! enqueued; `finish` is the batch's one wait before the model runs (on the
-//! backend's own stream, which the wait orders after these copies).
+//! enqueued; the backend's stream waits for it on the GPU (`run_device`), so
+//! the host waits once per batch, at the end of the run. `finish` is the
+//! host wait for when the rows go back to the host instead.
 
 use std::sync::Arc;
 
@@ -33,15 +34,16 @@ impl Staging {
 
     /// Enqueues the copy of `src` (host memory: a DMA when it is the pinned
     /// shared-memory region, a staged copy by the driver otherwise) to `dst`.
-    /// `src` must stay as it is until `finish`: the slots it comes from are
-    /// held until the batch is answered, after the wait.
+    /// `src` must stay as it is until the copy is done: the slots it comes
+    /// from are held until the batch is answered, after the run that waited
+    /// for it.
     pub fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<(), DriverError> {
         self.stream.context().bind_to_thread()?;
         // SAFETY: `dst` is `src.len()` bytes of device memory that the
         // backend allocated for this batch (checked by the caller against the
         // length it handed out) and keeps until the batch has run; `src` is
-        // borrowed host memory that the caller keeps unchanged until
-        // `finish`, which waits for this copy.
+        // borrowed host memory that the caller keeps unchanged until the
+        // stream's work is done (the run that waits for it has returned).
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
     }
 
@@ -54,7 +56,7 @@ impl Staging {
         unsafe { result::memcpy_dtod_async(dst, src, len, self.stream.cu_stream()) }
     }
 
-    /// Waits for everything enqueued on the stream (the batch's one wait).
+    /// Waits for everything enqueued on the stream.
     pub fn finish(&self) -> Result<(), DriverError> {
         self.stream.synchronize()
     }
