@@ -3,8 +3,6 @@
 //! and called only from there, so it needs `Send` but not `Sync`, and the
 //! trait stays object-safe so the scheduler can hold `Box<dyn Backend>`.
 
-use std::sync::Arc;
-
 use cudarc::driver::CudaStream;
 use model_repo::{ModelConfig, TensorConfig};
 use shm::tensor::DType;
@@ -98,7 +96,7 @@ pub trait Backend: Send {
     /// the host), and calls `sink` as [`Backend::run`] does.
     fn run_device(
         &mut self,
-        _stream: &Arc<CudaStream>,
+        _stream: &CudaStream,
         _sink: &mut dyn FnMut(&[TensorView<'_>]),
     ) -> Result<(), BackendError> {
         Err(BackendError::Run("this backend takes host inputs only (this is a bug)".into()))

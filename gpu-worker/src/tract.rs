@@ -20,7 +20,6 @@
 //! copy.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 use shm::tensor::DType;
@@ -412,11 +411,7 @@ impl Backend for TractBackend {
         Ok(Some(handed))
     }
 
-    fn run_device(
-        &mut self,
-        stream: &Arc<CudaStream>,
-        sink: &mut dyn FnMut(&[TensorView<'_>]),
-    ) -> Result<(), BackendError> {
+    fn run_device(&mut self, stream: &CudaStream, sink: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), BackendError> {
         let (shapes, values) = self
             .staged
             .take()

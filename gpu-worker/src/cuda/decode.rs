@@ -6,9 +6,9 @@
 //! are copied straight from their slot, and the preprocessing kernel resizes
 //! and normalizes each image into its row. Everything is enqueued on the
 //! instance's staging stream ([`Staging`]), and the rows are then copied
-//! device to device into the backend's input (or to the host, for a backend
-//! that takes host inputs); the one wait is the stream's, before the batch
-//! runs.
+//! device to device into the backend's input, which the backend's stream
+//! waits for on the GPU (or to the host, for a backend that takes host
+//! inputs, and the host waits).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -239,9 +239,10 @@ impl GpuDecode {
     ) -> Result<(), DecodeError> {
         let per = self.per_image();
         let range = rows.start * per..rows.end * per;
-        let size = match self.out {
-            Out::F32(_) => size_of::<f32>(),
-            Out::F16(_) => size_of::<f16>(),
+        let (src, size) = match &self.out {
+            Out::F32(Some(o)) => (o.slice(range.clone()).device_ptr(&self.stream).0, size_of::<f32>()),
+            Out::F16(Some(o)) => (o.slice(range.clone()).device_ptr(&self.stream).0, size_of::<f16>()),
+            _ => return Err(DecodeError::Config("nothing was staged".into())),
         };
         if range.len() * size != len {
             return Err(DecodeError::Config(format!(
@@ -250,21 +251,9 @@ impl GpuDecode {
                 range.len() * size
             )));
         }
-        let s = &self.stream;
-        match &self.out {
-            Out::F32(Some(o)) => {
-                let rows = o.slice(range.clone());
-                let (src, _record) = rows.device_ptr(s);
-                staging.copy(dst, src, range.len() * size_of::<f32>())?;
-            }
-            Out::F16(Some(o)) => {
-                let rows = o.slice(range.clone());
-                let (src, _record) = rows.device_ptr(s);
-                staging.copy(dst, src, range.len() * size_of::<f16>())?;
-            }
-            _ => return Err(DecodeError::Config("nothing was staged".into())),
-        }
-        Ok(())
+        // The address outlives its view: it is the live `out` buffer's, and
+        // the copy is on the stream that wrote the rows.
+        Ok(staging.copy(dst, src, len)?)
     }
 }
 
