@@ -181,25 +181,52 @@ fn ocr_answers_no_text_with_no_lines_and_speaks_v2() {
     assert_eq!(m["inputs"][0]["datatype"], "BYTES");
 }
 
+/// The default config with `[shm] slots` set to `slots`.
+fn with_slots(dir: &std::path::Path, slots: &str) -> std::path::PathBuf {
+    config_with(dir, |c| {
+        let start = c.find("slots = [").expect("configs/default.toml has [shm] slots");
+        let end = start + c[start..].find(']').unwrap() + 1;
+        format!("{}slots = [{slots}]{}", &c[..start], &c[end..])
+    })
+}
+
+fn ocrset_image(name: &str) -> Vec<u8> {
+    let path = root().join(".cache/ocrset").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run ./scripts/fetch --test", path.display()))
+}
+
+fn content_type(name: &str) -> &'static str {
+    if name.ends_with(".png") { "image/png" } else { "image/jpeg" }
+}
+
+/// `reply` has the lines of `alone`: the same text and boxes, and scores to
+/// float rounding, since the recognizer may run crops of concurrent requests
+/// in larger batches than it ran them alone.
+fn assert_same_lines(d: &Daemon, reply: &Reply, alone: &Value) {
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), d.log());
+    let lines = reply.json()["lines"].as_array().unwrap().clone();
+    let alone = alone.as_array().unwrap();
+    assert_eq!(lines.len(), alone.len(), "{lines:?} vs {alone:?}");
+    for (a, b) in lines.iter().zip(alone) {
+        assert_eq!((&a["text"], &a["box"]), (&b["text"], &b["box"]), "{lines:?} vs {alone:?}");
+        let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-4, "score {x} vs {y}");
+    }
+}
+
 #[test]
 fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
     // One slot large enough for a 1280x720 image's detector input (11.6 MB):
     // six requests at once must take turns with it, and all get their answer.
     // (The 8 MiB slots are for the recognizer's outputs, up to 6x its inputs.)
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with(dir.path(), |c| {
-        let start = c.find("slots = [").expect("configs/default.toml has [shm] slots");
-        let end = start + c[start..].find(']').unwrap() + 1;
-        format!(
-            "{}slots = [{{ size = \"256KiB\", count = 256 }}, {{ size = \"2MiB\", count = 32 }}, \
-             {{ size = \"8MiB\", count = 16 }}, {{ size = \"48MiB\", count = 1 }}]{}",
-            &c[..start],
-            &c[end..]
-        )
-    });
+    let config = with_slots(
+        dir.path(),
+        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
+         { size = \"8MiB\", count = 16 }, { size = \"48MiB\", count = 1 }",
+    );
     let d = Daemon::start_with(&config, &["--load", "ocr"], &[]);
-    let path = root().join(".cache/ocrset/ocr_18_photo_1280x720.jpg");
-    let img = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run ./scripts/fetch --test", path.display()));
+    let img = ocrset_image("ocr_18_photo_1280x720.jpg");
     let alone = d.post(OCR, &[("Content-Type", "image/jpeg")], &img);
     assert_eq!(alone.status, 200, "{}", alone.text());
     let replies: Vec<Reply> = std::thread::scope(|s| {
@@ -207,17 +234,50 @@ fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
             (0..6).map(|_| s.spawn(|| d.post(OCR, &[("Content-Type", "image/jpeg")], &img))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    // The same text and boxes; scores to float rounding, since the recognizer
-    // may run these crops in larger batches than it ran them alone.
-    let alone = alone.json()["lines"].as_array().unwrap().clone();
     for r in &replies {
-        assert_eq!(r.status, 200, "{}\n{}", r.text(), d.log());
-        let lines = r.json()["lines"].as_array().unwrap().clone();
-        assert_eq!(lines.len(), alone.len(), "{lines:?} vs {alone:?}");
-        for (a, b) in lines.iter().zip(&alone) {
-            assert_eq!((&a["text"], &a["box"]), (&b["text"], &b["box"]), "{lines:?} vs {alone:?}");
-            let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
-            assert!((x - y).abs() < 1e-4, "score {x} vs {y}");
-        }
+        assert_same_lines(&d, r, &alone.json()["lines"]);
+    }
+}
+
+#[test]
+fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
+    // One slot over 2 MiB in each larger class. The receipt's recognizer
+    // outputs (one request per width bucket, four of 2.2 to 2.4 MB) need
+    // them all: answers that arrive while others are still due are moved to
+    // the heap and their slots given back. Before, the receipt alone was
+    // answered 503 ("cannot return the outputs"), and the test set at
+    // concurrency 16 answered 1 request in 20 s.
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_slots(
+        dir.path(),
+        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
+         { size = \"16MiB\", count = 1 }, { size = \"48MiB\", count = 1 }",
+    );
+    let d = Daemon::start_with(&config, &["--load", "ocr"], &[]);
+    let names = ["ocr_07_plain_360x640.png", "ocr_18_photo_1280x720.jpg", "ocr_13_noisy_1200x140.jpg"];
+    let images: Vec<Vec<u8>> = names.iter().map(|n| ocrset_image(n)).collect();
+    let alone: Vec<Value> = names
+        .iter()
+        .zip(&images)
+        .map(|(n, img)| {
+            let r = d.post(OCR, &[("Content-Type", content_type(n))], img);
+            assert_eq!(r.status, 200, "{n}: {}\n{}", r.text(), d.log());
+            r.json()["lines"].clone()
+        })
+        .collect();
+    assert!(!alone[0].as_array().unwrap().is_empty(), "the receipt has text");
+    // Twice each at once: the outputs also wait for slots held by others.
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let d = &d;
+        let handles: Vec<_> = (0..2 * names.len())
+            .map(|k| {
+                let (n, img) = (names[k % names.len()], &images[k % names.len()]);
+                s.spawn(move || d.post(OCR, &[("Content-Type", content_type(n))], img))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (k, r) in replies.iter().enumerate() {
+        assert_same_lines(&d, r, &alone[k % names.len()]);
     }
 }

@@ -69,20 +69,47 @@ impl Item {
     }
 }
 
-/// A model request's answer.
+/// A model request's answer: in its shared-memory slot, or, when it came
+/// while the request still waited for other answers of the same step, copied
+/// to the heap with its slot given back at once. A request then never holds
+/// slots while it waits for its own other answers, which may need those very
+/// slots (the recognizer's outputs are about 5.75 times its inputs, and a
+/// step sends one request per width bucket).
 pub struct Arrived {
-    slot: Slot,
+    data: Data,
     metas: Vec<TensorMeta>,
 }
 
+enum Data {
+    Slot(Slot),
+    /// The slot's bytes up to the end of the last output, 8-byte aligned.
+    Heap(Vec<u64>),
+}
+
 impl Arrived {
-    /// Output `i` as f32 values (the slot's data is 64-byte aligned).
+    fn new(slot: Slot, metas: Vec<TensorMeta>, keep_slot: bool) -> Arrived {
+        if keep_slot {
+            return Arrived { data: Data::Slot(slot), metas };
+        }
+        let end = metas.iter().map(|m| m.offset + m.len).max().unwrap_or(0).min(slot.capacity());
+        let mut words = vec![0u64; end.div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..end].copy_from_slice(&slot.as_slice()[..end]);
+        Arrived { data: Data::Heap(words), metas }
+    }
+
+    /// Output `i` as f32 values (the data is 64-byte aligned in a slot,
+    /// 8-byte aligned on the heap).
     pub fn f32s(&self, i: usize) -> Result<(&[i64], &[f32]), Failure> {
         let m = self.metas.get(i).ok_or_else(|| Failure::internal(format!("model output {i} is missing")))?;
         if m.dtype != DType::F32 {
             return Err(Failure::internal(format!("model output {i} is {}, expected FP32", m.dtype)));
         }
-        let bytes = self.slot.bytes(m.offset, m.len)?;
+        let bytes = match &self.data {
+            Data::Slot(slot) => slot.bytes(m.offset, m.len)?,
+            Data::Heap(words) => bytemuck::cast_slice::<u64, u8>(words)
+                .get(m.offset..m.offset + m.len)
+                .ok_or_else(|| Failure::internal(format!("model output {i} lies outside its answer")))?,
+        };
         let values = bytemuck::try_cast_slice(bytes).map_err(|e| Failure::internal(format!("output {i}: {e}")))?;
         Ok((&m.dims, values))
     }
@@ -236,8 +263,9 @@ impl Engine {
         let def = self.defs.get(&ctx.desc.model).cloned().ok_or_else(|| Failure::internal("pipeline vanished"))?;
         let metas = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)?;
         let i = d.aux as usize;
+        let last = ctx.arrived.iter().filter(|a| a.is_none()).count() == 1;
         match ctx.arrived.get_mut(i) {
-            Some(place @ None) => *place = Some(Arrived { slot, metas }),
+            Some(place @ None) => *place = Some(Arrived::new(slot, metas, last)),
             _ => return Err(Failure::internal(format!("unexpected model answer #{i}"))),
         }
         if ctx.arrived.iter().any(Option::is_none) {
