@@ -214,47 +214,12 @@ fn assert_same_lines(d: &Daemon, reply: &Reply, alone: &Value) {
     }
 }
 
-#[test]
-fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
-    // One slot large enough for a 1280x720 image's detector input (11.6 MB):
-    // six requests at once must take turns with it, and all get their answer.
-    // (The 8 MiB slots are for the recognizer's outputs, up to 6x its inputs.)
+/// Starts the OCR daemon with `[shm] slots` set to `slots`, reads each
+/// image alone, then sends each `times` times at once, and checks that every
+/// answer is the one it got alone.
+fn alone_then_at_once(slots: &str, names: &[&str], times: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let config = with_slots(
-        dir.path(),
-        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
-         { size = \"8MiB\", count = 16 }, { size = \"48MiB\", count = 1 }",
-    );
-    let d = Daemon::start_with(&config, &["--load", "ocr"], &[]);
-    let img = ocrset_image("ocr_18_photo_1280x720.jpg");
-    let alone = d.post(OCR, &[("Content-Type", "image/jpeg")], &img);
-    assert_eq!(alone.status, 200, "{}", alone.text());
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            (0..6).map(|_| s.spawn(|| d.post(OCR, &[("Content-Type", "image/jpeg")], &img))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for r in &replies {
-        assert_same_lines(&d, r, &alone.json()["lines"]);
-    }
-}
-
-#[test]
-fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
-    // One slot over 2 MiB in each larger class. The receipt's recognizer
-    // outputs (one request per width bucket, four of 2.2 to 2.4 MB) need
-    // them all: answers that arrive while others are still due are moved to
-    // the heap and their slots given back. Before, the receipt alone was
-    // answered 503 ("cannot return the outputs"), and the test set at
-    // concurrency 16 answered 1 request in 20 s.
-    let dir = tempfile::tempdir().unwrap();
-    let config = with_slots(
-        dir.path(),
-        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
-         { size = \"16MiB\", count = 1 }, { size = \"48MiB\", count = 1 }",
-    );
-    let d = Daemon::start_with(&config, &["--load", "ocr"], &[]);
-    let names = ["ocr_07_plain_360x640.png", "ocr_18_photo_1280x720.jpg", "ocr_13_noisy_1200x140.jpg"];
+    let d = Daemon::start_with(&with_slots(dir.path(), slots), &["--load", "ocr"], &[]);
     let images: Vec<Vec<u8>> = names.iter().map(|n| ocrset_image(n)).collect();
     let alone: Vec<Value> = names
         .iter()
@@ -262,14 +227,13 @@ fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
         .map(|(n, img)| {
             let r = d.post(OCR, &[("Content-Type", content_type(n))], img);
             assert_eq!(r.status, 200, "{n}: {}\n{}", r.text(), d.log());
+            assert!(!r.json()["lines"].as_array().unwrap().is_empty(), "{n} has text");
             r.json()["lines"].clone()
         })
         .collect();
-    assert!(!alone[0].as_array().unwrap().is_empty(), "the receipt has text");
-    // Twice each at once: the outputs also wait for slots held by others.
     let replies: Vec<Reply> = std::thread::scope(|s| {
         let d = &d;
-        let handles: Vec<_> = (0..2 * names.len())
+        let handles: Vec<_> = (0..times * names.len())
             .map(|k| {
                 let (n, img) = (names[k % names.len()], &images[k % names.len()]);
                 s.spawn(move || d.post(OCR, &[("Content-Type", content_type(n))], img))
@@ -280,4 +244,34 @@ fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
     for (k, r) in replies.iter().enumerate() {
         assert_same_lines(&d, r, &alone[k % names.len()]);
     }
+}
+
+#[test]
+fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
+    // One slot large enough for a 1280x720 image's detector input (11.6 MB):
+    // six requests at once must take turns with it, and all get their answer.
+    // (The 8 MiB slots are for the recognizer's outputs, up to 6x its inputs.)
+    alone_then_at_once(
+        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
+         { size = \"8MiB\", count = 16 }, { size = \"48MiB\", count = 1 }",
+        &["ocr_18_photo_1280x720.jpg"],
+        6,
+    );
+}
+
+#[test]
+fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
+    // One slot over 2 MiB in each larger class. The receipt's recognizer
+    // outputs (one request per width bucket, four of 2.2 to 2.4 MB) need
+    // them all: answers that arrive while others are still due are moved to
+    // the heap and their slots given back. Before, the receipt alone was
+    // answered 503 ("cannot return the outputs"), and the test set at
+    // concurrency 16 answered 1 request in 20 s. Twice each at once: the
+    // outputs also wait for slots held by other requests.
+    alone_then_at_once(
+        "{ size = \"256KiB\", count = 256 }, { size = \"2MiB\", count = 32 }, \
+         { size = \"16MiB\", count = 1 }, { size = \"48MiB\", count = 1 }",
+        &["ocr_07_plain_360x640.png", "ocr_18_photo_1280x720.jpg", "ocr_13_noisy_1200x140.jpg"],
+        2,
+    );
 }
