@@ -13,8 +13,8 @@
 //! and outputs stay as the config declares them, cast on the way in and out.
 //!
 //! On the GPU a batch's inputs can also be handed over in device memory
-//! (`Backend::device_inputs`): tract allocates them on the instance's
-//! stream, the instance fills them (from the pinned slots, or from GPU
+//! (`Backend::device_inputs`): tract allocates them on its own stream (one
+//! per instance thread), the instance fills them on its staging stream (from the pinned slots, or from GPU
 //! preprocessing), and the run takes them wrapped in tract-gpu's
 //! `LazyHostStorage`, which its host-to-device step passes through without a
 //! copy.
@@ -23,11 +23,10 @@ use std::path::Path;
 
 use cudarc::driver::CudaStream;
 use shm::tensor::DType;
+use tract_gpu::tensor::{DeviceTensor, LazyHostStorage};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::{Runnable, Runtime, State, runtime_for_name};
 use tract_onnx::tract_hir::infer::Factoid;
-
-use tract_gpu::tensor::{DeviceTensor, LazyHostStorage};
 
 use crate::backend::{Backend, BackendError, DeviceInput, IoInfo, TensorView};
 
