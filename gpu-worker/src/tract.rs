@@ -14,10 +14,10 @@
 //!
 //! On the GPU a batch's inputs can also be handed over in device memory
 //! (`Backend::device_inputs`): tract allocates them on its own stream (one
-//! per instance thread), the instance fills them on its staging stream (from the pinned slots, or from GPU
-//! preprocessing), and the run takes them wrapped in tract-gpu's
-//! `LazyHostStorage`, which its host-to-device step passes through without a
-//! copy.
+//! per instance thread), the instance fills them on its staging stream
+//! (from the pinned slots, or from GPU preprocessing), and the run takes
+//! them wrapped in tract-gpu's `LazyHostStorage`, which its host-to-device
+//! step passes through without a copy.
 
 use std::path::Path;
 
