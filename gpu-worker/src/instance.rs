@@ -54,6 +54,17 @@ impl AlignedBuf {
     }
 }
 
+/// What an instance keeps from batch to batch.
+struct Scratch {
+    /// One gather buffer per model input, for batches on host inputs.
+    bufs: Vec<AlignedBuf>,
+    /// Outputs waiting for a free slot.
+    parked: Parked,
+    /// Batches whose inputs in device memory failed, and ran again from
+    /// host memory.
+    device_failures: u64,
+}
+
 /// Fault injection for the test suite: when this variable names a file that
 /// exists, the next batch's thread removes it and panics (once), so tests can
 /// check that a panic takes down only its process and the supervisor recovers.
@@ -77,11 +88,14 @@ pub fn run(
     let fault = std::env::var_os(PANIC_FILE_ENV).map(std::path::PathBuf::from);
     let region = inst.replies.pool.region().clone();
     let stats = model_stats(&region, inst.gpu, inst.model_index as u16);
-    let mut bufs: Vec<AlignedBuf> = (0..inst.config.inputs.len()).map(|_| AlignedBuf::default()).collect();
-    let mut parked = Parked::default();
+    let mut st = Scratch {
+        bufs: (0..inst.config.inputs.len()).map(|_| AlignedBuf::default()).collect(),
+        parked: Parked::default(),
+        device_failures: 0,
+    };
     loop {
         // While outputs wait for a slot, look again every millisecond.
-        let batch = if parked.is_empty() {
+        let batch = if st.parked.is_empty() {
             match batches.recv() {
                 Ok(b) => b,
                 Err(_) => break,
@@ -90,7 +104,7 @@ pub fn run(
             match batches.recv_timeout(Duration::from_millis(1)) {
                 Ok(b) => b,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    parked.retry(&inst);
+                    st.parked.retry(&inst);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -116,16 +130,16 @@ pub fn run(
             }
         };
         if !batch.is_empty() {
-            run_batch(&inst, backend.as_mut(), gpu.as_ref(), &mut bufs, &mut parked, batch, stats);
+            run_batch(&inst, backend.as_mut(), gpu.as_ref(), &mut st, batch, stats, true);
         }
-        parked.retry(&inst);
+        st.parked.retry(&inst);
         // Tell the scheduler this instance is free, and wake it if it sleeps.
         if inst.done.send((inst.model_index, inst.instance)).is_err() {
             break;
         }
         inst.waker.wake();
     }
-    parked.give_up(&inst, "the inference worker is shutting down");
+    st.parked.give_up(&inst, "the inference worker is shutting down");
 }
 
 /// Enqueues the decoding and preprocessing of the batch's images on the GPU
@@ -212,14 +226,17 @@ fn input_shape<'a>(inst: &Instance, item: &'a Item, rows: u32, i: usize) -> (std
     (m.dims.as_slice().into(), m.len)
 }
 
+/// Runs one batch: on a GPU, from inputs in device memory where the backend
+/// takes them (`try_device`), else, or where that fails before any answer
+/// is sent, from host memory.
 fn run_batch(
     inst: &Instance,
     backend: &mut dyn Backend,
     gpu: Option<&Gpu>,
-    bufs: &mut [AlignedBuf],
-    parked: &mut Parked,
+    st: &mut Scratch,
     batch: Vec<Pending<Item>>,
     stats: Option<&ModelStats>,
+    try_device: bool,
 ) {
     let start = Instant::now();
     let now_ns = shm::now_ns();
@@ -228,7 +245,7 @@ fn run_batch(
     let queued_ns: u64 = queued.iter().sum();
     let batched = inst.config.max_batch_size > 0;
     // Each input's dims and byte length, per request, and the batch's.
-    let parts: Vec<Vec<_>> = (0..bufs.len())
+    let parts: Vec<Vec<_>> = (0..st.bufs.len())
         .map(|i| batch.iter().map(|p| input_shape(inst, &p.item, p.rows, i)).collect::<Vec<_>>())
         .collect();
     let shapes: Vec<Vec<i64>> = parts
@@ -250,25 +267,25 @@ fn run_batch(
     };
     // On a GPU, device memory from the backend for the batch's inputs.
     let device = match gpu {
-        Some(_) => {
+        Some(_) if try_device => {
             let specs: Vec<TensorView<'_>> = shapes
                 .iter()
                 .enumerate()
                 .map(|(i, s)| TensorView { dtype: inst.config.inputs[i].datatype, shape: s, data: &[] })
                 .collect();
-            match backend.device_inputs(&specs) {
-                Ok(d) => d,
-                Err(e) => return fail_all(batch, format!("inference failed: {e}")),
-            }
+            backend.device_inputs(&specs).unwrap_or_else(|e| {
+                device_failed(inst, st, &e);
+                None
+            })
         }
-        None => None,
+        _ => None,
     };
     // Gather: item inputs are contiguous tensors in their slots (or rows
     // made by GPU preprocessing); stack them.
     let mut copied: Result<(), String> = Ok(());
     for (i, ps) in parts.iter().enumerate() {
         let mut host = match &device {
-            None => Some(bufs[i].bytes_mut(lens[i])),
+            None => Some(st.bufs[i].bytes_mut(lens[i])),
             Some(_) => None,
         };
         let mut at = 0;
@@ -302,12 +319,18 @@ fn run_batch(
     if let Some(g) = gpu {
         let wait_here = copied.is_err() || (device.is_none() && batch.iter().any(|p| p.item.staged.is_some()));
         let waited = if wait_here { g.staging.finish().map_err(|e| e.to_string()) } else { Ok(()) };
-        if let Err(e) = copied.and(waited) {
-            return fail_all(batch, format!("copying the batch's inputs to the GPU failed: {e}"));
+        match copied.and(waited) {
+            Ok(()) => {}
+            Err(e) if device.is_some() => {
+                device_failed(inst, st, &format!("copying the inputs to the GPU: {e}"));
+                return run_batch(inst, backend, gpu, st, batch, stats, false);
+            }
+            Err(e) => return fail_all(batch, format!("copying the batch's inputs from the GPU failed: {e}")),
         }
     }
     let gathered = Instant::now();
-    let views: Vec<TensorView<'_>> = bufs
+    let views: Vec<TensorView<'_>> = st
+        .bufs
         .iter()
         .zip(&shapes)
         .zip(&lens)
@@ -323,14 +346,25 @@ fn run_batch(
     let mut scattered = None;
     let mut sink = |outputs: &[TensorView<'_>]| {
         let t = Instant::now();
-        scatter(inst, &mut items, outputs, rows, batched, parked);
+        scatter(inst, &mut items, outputs, rows, batched, &mut st.parked);
         scattered = Some(t);
     };
-    let result = match (device, gpu) {
+    let result = match (&device, gpu) {
         (Some(_), Some(g)) => backend.run_device(g.staging.stream(), &mut sink),
         _ => backend.run(&views, &mut sink),
     };
     let end = Instant::now();
+    // The device path failed before answering anyone: the same batch again,
+    // from host memory (what the CPU tests check), so that serving goes on
+    // and the log says why.
+    if device.is_some()
+        && scattered.is_none()
+        && let Err(e) = &result
+    {
+        device_failed(inst, st, e);
+        let batch = items.into_iter().flatten().collect();
+        return run_batch(inst, backend, gpu, st, batch, stats, false);
+    }
     // Whatever was not answered (a backend error, or outputs that did not
     // split) fails with the reason.
     let message = match &result {
@@ -371,6 +405,21 @@ fn run_batch(
     }
     if let Some(h) = stage_histogram(inst.replies.pool.region(), inst.model_index as u16, Stage::Compute) {
         h.observe(end - start);
+    }
+}
+
+/// Logs a failure of the device inputs (the first at error level) and
+/// counts it.
+fn device_failed(inst: &Instance, st: &mut Scratch, e: &dyn std::fmt::Display) {
+    st.device_failures += 1;
+    if st.device_failures == 1 {
+        tracing::error!(
+            "{}: a batch on inputs in device memory failed ({e}); it runs again from host memory, as will any \
+             other batch whose device inputs fail",
+            inst.name
+        );
+    } else {
+        tracing::debug!(failures = st.device_failures, "{}: device inputs failed again: {e}", inst.name);
     }
 }
 
