@@ -261,10 +261,11 @@ fn ocr_requests_wait_for_a_free_slot_instead_of_failing() {
 
 #[test]
 fn ocr_answers_hold_no_slots_that_their_own_later_answers_need() {
-    // One slot over 2 MiB in each larger class. The receipt's recognizer
-    // outputs (one request per width bucket, four of 2.2 to 2.4 MB) need
-    // them all: answers that arrive while others are still due are moved to
-    // the heap and their slots given back. Before, the receipt alone was
+    // One slot over 2 MiB in each larger class. The receipt has more
+    // recognizer answers (one request per width bucket) over 2 MiB than
+    // that: two of them (2.2 and 2.4 MB) found both slots held by its own
+    // earlier answers. Answers that arrive while others are still due are
+    // now moved to the heap and their slots given back. Before, the receipt alone was
     // answered 503 ("cannot return the outputs"), and the test set at
     // concurrency 16 answered 1 request in 20 s. Twice each at once: the
     // outputs also wait for slots held by other requests.
