@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shm::mailbox::Wiring;
-use shm::{ProcId, Region};
+use shm::{Region, Role};
 
-use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, Role, SUPERVISOR_PID_ENV, ToChild};
+use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, SUPERVISOR_PID_ENV, ToChild};
 
 fn env_fd(name: &str) -> anyhow::Result<i32> {
     let v = std::env::var(name)
@@ -59,7 +59,7 @@ fn exit_on_panic() {
     }));
 }
 
-pub fn main() -> anyhow::Result<()> {
+pub fn main(role: Role) -> anyhow::Result<()> {
     exit_on_panic();
     die_with_parent()?;
     let control = UnixStream::from(shm::fd::adopt(env_fd(CONTROL_FD_ENV)?)?);
@@ -71,34 +71,29 @@ pub fn main() -> anyhow::Result<()> {
         Ok(other) => bail!("expected a spec from the supervisor, got {other:?}"),
         Err(e) => bail!("bad spec from the supervisor: {e}"),
     };
-    crate::telemetry::init(&spec.role.name(), spec.config.log.format, &spec.config.log.level);
-    let role = spec.role;
-    let result = run_role(spec, control, reader);
+    crate::telemetry::init(&role.name(), spec.config.log.format, &spec.config.log.level);
+    let result = run_role(role, spec, control, reader);
     if let Err(e) = &result {
         tracing::error!("{} failed: {e:#}", role.name());
     }
     result
 }
 
-fn attach(spec: &ChildSpec) -> anyhow::Result<Wiring> {
+fn attach(role: Role, spec: &ChildSpec) -> anyhow::Result<Wiring> {
     let region = Arc::new(Region::attach(shm::fd::adopt(spec.shm_fd)?)?);
     let efds = spec.efds.iter().map(|&n| shm::fd::adopt(n).map(Arc::new)).collect::<Result<Vec<Arc<OwnedFd>>, _>>()?;
     let topo = region.layout().topology();
-    let me = match spec.role {
-        Role::Frontend => ProcId::FRONTEND,
-        Role::Gpu(i) => topo.gpu(i),
-        Role::Preproc(i) => topo.preproc(i),
-    };
+    let me = topo.proc_of(role).with_context(|| format!("the shared memory has no process for {role}"))?;
     Ok(Wiring::new(region, me, efds)?)
 }
 
-fn run_role(spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>) -> anyhow::Result<()> {
-    let wiring = attach(&spec)?;
+fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<UnixStream>) -> anyhow::Result<()> {
+    let wiring = attach(role, &spec)?;
     let repository = Arc::new(spec.repository.clone());
     let cfg = &spec.config;
     let spin = Duration::from_micros(cfg.shm.spin_microseconds);
     let ready = |addr: Option<String>| send(&control, &FromChild::Ready { addr });
-    match spec.role {
+    match role {
         Role::Frontend => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             std::thread::Builder::new().name("control".into()).spawn(move || {

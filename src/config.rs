@@ -175,28 +175,28 @@ pub struct Log {
 /// Flags that override the file (each also readable from the environment).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
-    /// Address to listen on [env: HIGHSERVE_HOST]
+    /// Address to listen on
     #[arg(long, env = "HIGHSERVE_HOST")]
     pub host: Option<String>,
-    /// Port to listen on; 0 picks a free one [env: HIGHSERVE_PORT]
+    /// Port to listen on; 0 picks a free one
     #[arg(long, env = "HIGHSERVE_PORT")]
     pub port: Option<u16>,
-    /// Preproc worker processes; 0 = one per core [env: HIGHSERVE_PREPROC_WORKERS]
+    /// Preproc worker processes; 0 = one per core
     #[arg(long, env = "HIGHSERVE_PREPROC_WORKERS")]
     pub preproc_workers: Option<u32>,
-    /// Model repository directory [env: HIGHSERVE_MODELS]
+    /// Model repository directory
     #[arg(long, env = "HIGHSERVE_MODELS")]
     pub models: Option<PathBuf>,
-    /// Load only these models (comma-separated) [env: HIGHSERVE_LOAD]
+    /// Load only these models (comma-separated)
     #[arg(long, env = "HIGHSERVE_LOAD", value_delimiter = ',')]
     pub load: Option<Vec<String>>,
-    /// Also serve /metrics on this port [env: HIGHSERVE_METRICS_PORT]
+    /// Also serve /metrics on this port
     #[arg(long, env = "HIGHSERVE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
-    /// Log format [env: HIGHSERVE_LOG_FORMAT]
+    /// Log format
     #[arg(long, env = "HIGHSERVE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Where models run: auto, gpu or cpu [env: HIGHSERVE_DEVICE]
+    /// Where models run: auto, gpu or cpu
     #[arg(long, env = "HIGHSERVE_DEVICE")]
     pub device: Option<DeviceChoice>,
 }

@@ -42,9 +42,10 @@ enum Command {
     },
     /// Drive a running daemon with a closed-loop load and print throughput and latency.
     Bench(bench::Args),
-    /// A worker process (started by `serve`, not by hand).
+    /// A worker process (started by `serve`, not by hand): `child frontend`,
+    /// `child inference N` or `child preproc N`.
     #[command(hide = true)]
-    Child,
+    Child { kind: String, index: Option<u16> },
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,7 +53,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve { config, run_dir, overrides } => serve(config, run_dir, overrides),
         Command::Bench(args) => bench::main(args).map(|()| 0),
-        Command::Child => child::main().map(|()| 0),
+        Command::Child { kind, index } => {
+            shm::Role::from_parts(&kind, index).map_err(anyhow::Error::msg).and_then(child::main).map(|()| 0)
+        }
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),

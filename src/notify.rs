@@ -13,10 +13,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-/// The environment systemd sets for the main process; children must not
-/// inherit it (only the main process may notify under `NotifyAccess=main`).
-pub const ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
-
 pub struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,

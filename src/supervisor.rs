@@ -19,13 +19,13 @@ use anyhow::{Context, bail};
 use model_repo::Repository;
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
-use shm::{LayoutParams, ProcId, Region, SlotClass, SlotPool, Topology};
+use shm::{LayoutParams, ProcId, Region, Role, SlotClass, SlotPool, Topology};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, Role, SUPERVISOR_PID_ENV, ToChild};
+use crate::control::{ChildSpec, FromChild, Start, ToChild};
 use crate::notify::Notifier;
 use crate::restart::{Decision, RestartPolicy};
 
@@ -147,27 +147,28 @@ impl Supervisor {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         shm::fd::set_inheritable(&theirs, true)?;
         let exe = std::env::current_exe().context("cannot find the highserve executable")?;
+        let cuda_device = match role {
+            Role::Gpu(i) => self.placement.device(i),
+            _ => None,
+        };
+        let gpu = match (cuda_device, &self.placement) {
+            (Some(d), crate::placement::Placement::Gpu { library_path, .. }) => Some((d, library_path.as_os_str())),
+            _ => None,
+        };
+        let start = Start { control_fd: theirs.as_raw_fd(), supervisor_pid: std::process::id(), gpu };
         let mut cmd = tokio::process::Command::new(exe);
+        // `highserve child preproc 1`: what the process is, for `ps`, `top -c`
+        // and `systemd-cgls`.
         cmd.arg("child")
-            .env(CONTROL_FD_ENV, theirs.as_raw_fd().to_string())
-            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+            .arg(role.kind())
+            .args(role.index().map(|i| i.to_string()))
+            .env_clear()
+            .envs(crate::control::child_env(|k| std::env::var_os(k), &start))
             .stdin(std::process::Stdio::null())
             // Own process group: a terminal's Ctrl-C reaches only the supervisor,
             // which then drains in order instead of every process dying at once.
             .process_group(0)
             .kill_on_drop(true);
-        for var in crate::notify::ENV {
-            cmd.env_remove(var);
-        }
-        let cuda_device = match role {
-            Role::Gpu(i) => self.placement.device(i),
-            _ => None,
-        };
-        if let (Some(d), crate::placement::Placement::Gpu { library_path, .. }) = (cuda_device, &self.placement) {
-            // The worker sees only its GPU (as ordinal 0) and finds the CUDA
-            // libraries by name, as cudarc and cuDNN look for them.
-            cmd.env("CUDA_VISIBLE_DEVICES", d.to_string()).env("LD_LIBRARY_PATH", library_path);
-        }
         let mut child = cmd.spawn().with_context(|| format!("cannot start the {} process", role.name()))?;
         drop(theirs);
         let pid = child.id();
@@ -184,7 +185,6 @@ impl Supervisor {
         ours.set_nonblocking(true)?;
         let (read, mut write) = tokio::net::UnixStream::from_std(ours)?.into_split();
         let spec = ChildSpec {
-            role,
             config: self.cfg.clone(),
             repository: self.repository.clone(),
             shm_fd: self.region.fd().context("memfd region has an fd")?.as_raw_fd(),

@@ -394,21 +394,11 @@ pub fn render(state: &State) -> String {
 }
 
 fn role_name(topo: shm::Topology, p: ProcId) -> &'static str {
-    match topo.role(p) {
-        Some(shm::layout::Role::Frontend) => "frontend",
-        Some(shm::layout::Role::Gpu(_)) => "inference",
-        Some(shm::layout::Role::Preproc(_)) => "preproc",
-        None => "unknown",
-    }
+    topo.role(p).map_or("unknown", |r| r.kind())
 }
 
 fn proc_name(topo: shm::Topology, p: ProcId) -> String {
-    match topo.role(p) {
-        Some(shm::layout::Role::Frontend) => "frontend".into(),
-        Some(shm::layout::Role::Gpu(i)) => format!("gpu{i}"),
-        Some(shm::layout::Role::Preproc(i)) => format!("preproc{i}"),
-        None => format!("proc{}", p.0),
-    }
+    topo.role(p).map_or_else(|| format!("proc{}", p.0), |r| r.name())
 }
 
 /// CPU seconds and resident bytes of `pid`, from `/proc` (Linux reports CPU

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{ProcId, ShmError};
+use crate::{ProcId, Role, ShmError};
 
 /// The most slot size classes a region can have.
 pub const MAX_CLASSES: usize = 8;
@@ -17,14 +17,6 @@ pub const PROC_ENTRY: usize = 64;
 pub const SLOT_META: usize = 16;
 /// Bytes reserved for the region header.
 pub const HEADER_LEN: usize = 4096;
-
-/// Role of a process, derived from its [`ProcId`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Frontend,
-    Gpu(u16),
-    Preproc(u16),
-}
 
 /// How many processes of each kind share the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +50,16 @@ impl Topology {
             Some(Role::Preproc(i - 1 - self.gpus))
         } else {
             None
+        }
+    }
+
+    /// The process that plays `role`, if the topology has it.
+    pub fn proc_of(&self, role: Role) -> Option<ProcId> {
+        match role {
+            Role::Frontend => Some(ProcId::FRONTEND),
+            Role::Gpu(i) if i < self.gpus => Some(self.gpu(i)),
+            Role::Preproc(i) if i < self.preprocs => Some(self.preproc(i)),
+            _ => None,
         }
     }
 

@@ -179,7 +179,7 @@ impl Outbox {
             Some(mut s) => {
                 s.as_mut_slice()[..msg.len()].copy_from_slice(msg);
                 reply.len = msg.len() as u32;
-                self.send_slot_wait(reply, s, Duration::from_secs(1))
+                self.send_slot_wait(reply, s, crate::peers::SEND_PATIENCE)
             }
             None => self.send(&reply),
         }
