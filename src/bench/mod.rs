@@ -16,9 +16,14 @@
 //!   status, a progress line on a terminal, and writes JSON, CSV and an SVG
 //!   latency-vs-throughput chart.
 //!
+//! - several classes of load in one run (`--class`), each with its own
+//!   inputs, load, priority and timeout (e.g. a paced "live" class beside a
+//!   closed-loop "bulk" one), reported class by class.
+//!
 //! It runs on one thread and reports its own CPU time per request: on a
 //! 2-core machine the generator competes with the server it measures.
 
+mod class;
 mod report;
 mod run;
 
@@ -50,10 +55,10 @@ pub struct Args {
     /// (.jpg/.jpeg, .png, .json).
     #[arg(long)]
     pub content_type: Option<String>,
-    /// Closed loop: connections, each with one request in flight; a sweep is
-    /// `START:END:xFACTOR` or `START:END:+STEP` (e.g. `1:64:x2`).
-    #[arg(long, short, default_value = "16")]
-    pub concurrency: String,
+    /// Closed loop: connections, each with one request in flight (default
+    /// 16); a sweep is `START:END:xFACTOR` or `START:END:+STEP` (e.g. `1:64:x2`).
+    #[arg(long, short)]
+    pub concurrency: Option<String>,
     /// Open loop instead: requests per second (or a sweep, as for
     /// --concurrency), sent on schedule whatever the answers do.
     #[arg(long)]
@@ -88,6 +93,14 @@ pub struct Args {
     /// Write an SVG chart of p50 and p99 latency against throughput.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// A class of load, all classes running at once (repeat the flag):
+    /// `name=live,rate=10,priority=1` or `name=bulk,concurrency=24,priority=2`.
+    /// Keys: name (required), url, file (repeatable), tensor, concurrency or
+    /// rate (default concurrency 1), arrivals, priority and timeout (sent as
+    /// the `?priority=N&timeout=US` query parameters). Inputs default to
+    /// --file/--dir/--tensor, the URL to --url. No sweeps with classes.
+    #[arg(long)]
+    pub class: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -113,22 +126,34 @@ pub enum Load {
     Open { rate: f64, arrivals: Arrivals, max_connections: usize },
 }
 
-/// What one run needs.
-pub struct Plan {
+/// One class of load: where it goes, what it sends and how.
+#[derive(Clone, Debug)]
+pub struct Class {
+    /// `None` for the one class of a run without `--class`.
+    pub name: Option<String>,
+    pub url: String,
     pub host: String,
     pub port: u16,
+    /// Path and query.
     pub path: String,
     pub bodies: Vec<Body>,
+    /// What the bodies are, for the report.
+    pub inputs: String,
     pub load: Load,
+}
+
+/// What one run needs: its classes, all running at once, and the timing.
+pub struct Plan {
+    pub classes: Vec<Class>,
     pub warmup: Duration,
     pub window: Duration,
     pub max_windows: usize,
     pub stability: f64,
 }
 
-fn content_type(args: &Args, file: &std::path::Path) -> String {
-    if let Some(c) = &args.content_type {
-        return c.clone();
+fn content_type(flag: Option<&str>, file: &std::path::Path) -> String {
+    if let Some(c) = flag {
+        return c.to_string();
     }
     match file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("png") => "image/png".into(),
@@ -190,9 +215,18 @@ fn tensor_body(spec: &str) -> anyhow::Result<Body> {
     })
 }
 
-fn bodies(args: &Args) -> anyhow::Result<Vec<Body>> {
-    let mut files = args.file.clone();
-    if let Some(dir) = &args.dir {
+/// The bodies `files`, `dir` and `tensor` name, and what they are for the
+/// report.
+fn bodies(
+    files: &[PathBuf],
+    dir: Option<&PathBuf>,
+    tensor: Option<&str>,
+    content_type_flag: Option<&str>,
+) -> anyhow::Result<(Vec<Body>, String)> {
+    let mut files = files.to_vec();
+    let mut names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    if let Some(dir) = dir {
+        names.push(format!("{}/*", dir.display()));
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read --dir {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -210,15 +244,20 @@ fn bodies(args: &Args) -> anyhow::Result<Vec<Body>> {
     let mut out = Vec::new();
     for f in &files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        out.push(Body { bytes: Bytes::from(bytes), content_type: content_type(args, f), header_len: None });
+        out.push(Body {
+            bytes: Bytes::from(bytes),
+            content_type: content_type(content_type_flag, f),
+            header_len: None,
+        });
     }
-    if let Some(spec) = &args.tensor {
+    if let Some(spec) = tensor {
         out.push(tensor_body(spec)?);
+        names.push("a generated tensor".into());
     }
     if out.is_empty() {
         bail!("nothing to send: give --file, --dir or --tensor");
     }
-    Ok(out)
+    Ok((out, names.join(", ")))
 }
 
 /// `16` → [16]; `1:64:x2` → 1, 2, 4, ... 64; `100:400:+100` → 100, 200, 300, 400.
@@ -259,49 +298,66 @@ pub fn sweep(spec: &str) -> anyhow::Result<Vec<f64>> {
     }
 }
 
-pub fn main(args: Args) -> anyhow::Result<()> {
-    let uri: hyper::Uri = args.url.parse().context("--url is not a URL")?;
+/// Host, port and path-and-query of a URL.
+fn split_url(url: &str, flag: &str) -> anyhow::Result<(String, u16, String)> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{flag} `{url}` is not a URL"))?;
     let Some(host) = uri.host().map(str::to_string) else {
-        bail!("--url needs a host");
+        bail!("{flag} `{url}` needs a host");
     };
     let port = uri.port_u16().unwrap_or(80);
     let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
-    let bodies = bodies(&args)?;
+    Ok((host, port, path))
+}
+
+pub fn main(args: Args) -> anyhow::Result<()> {
     if args.duration <= 0.0 || args.warmup < 0.0 {
         bail!("--duration must be positive and --warmup not negative");
     }
-    let loads: Vec<Load> = match &args.rate {
-        Some(r) => sweep(r)?
-            .into_iter()
-            .map(|rate| Load::Open { rate, arrivals: args.arrivals, max_connections: args.max_connections.max(1) })
-            .collect(),
-        None => sweep(&args.concurrency)?
-            .into_iter()
-            .map(|c| Load::Closed { concurrency: c.round().max(1.0) as usize })
-            .collect(),
-    };
     let window = Duration::from_secs_f64(args.duration / 3.0);
     let max_duration = args.max_duration.unwrap_or(2.0 * args.duration).max(args.duration);
     let max_windows = ((max_duration / window.as_secs_f64()).round() as usize).max(3);
-    let mut results = Vec::new();
-    for load in loads {
-        let plan = Plan {
-            host: host.clone(),
-            port,
-            path: path.clone(),
-            bodies: bodies.clone(),
-            load,
-            warmup: Duration::from_secs_f64(args.warmup),
-            window,
-            max_windows,
-            stability: args.stability,
+    let plan = |classes| Plan {
+        classes,
+        warmup: Duration::from_secs_f64(args.warmup),
+        window,
+        max_windows,
+        stability: args.stability,
+    };
+    let plans: Vec<Plan> = if args.class.is_empty() {
+        let (host, port, path) = split_url(&args.url, "--url")?;
+        let (bodies, inputs) =
+            bodies(&args.file, args.dir.as_ref(), args.tensor.as_deref(), args.content_type.as_deref())?;
+        let loads: Vec<Load> = match &args.rate {
+            Some(r) => sweep(r)?
+                .into_iter()
+                .map(|rate| Load::Open { rate, arrivals: args.arrivals, max_connections: args.max_connections.max(1) })
+                .collect(),
+            None => sweep(args.concurrency.as_deref().unwrap_or("16"))?
+                .into_iter()
+                .map(|c| Load::Closed { concurrency: c.round().max(1.0) as usize })
+                .collect(),
         };
+        loads
+            .into_iter()
+            .map(|load| {
+                let (host, path, bodies, inputs) = (host.clone(), path.clone(), bodies.clone(), inputs.clone());
+                plan(vec![Class { name: None, url: args.url.clone(), host, port, path, bodies, inputs, load }])
+            })
+            .collect()
+    } else {
+        vec![plan(class::parse_all(&args)?)]
+    };
+    let mut results = Vec::new();
+    for plan in plans {
         let cpu_before = report::own_cpu_seconds();
-        let outcome = run::run(&plan)?;
+        let outcomes = run::run(&plan)?;
         let cpu = report::own_cpu_seconds() - cpu_before;
-        let point = report::Point::new(&args, &plan, &outcome, cpu);
-        point.print(&args);
-        results.push(point);
+        let requests: u64 = outcomes.iter().map(|o| o.tally.hist.len()).sum();
+        for (class, outcome) in plan.classes.iter().zip(&outcomes) {
+            let point = report::Point::new(class, outcome, cpu, requests);
+            point.print();
+            results.push(point);
+        }
     }
     if results.len() > 1 {
         report::print_summary(&results);

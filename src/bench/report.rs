@@ -7,12 +7,18 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::run::Outcome;
-use super::{Args, Load, Plan};
+use super::{Args, Class, Load};
 
-/// The figures of one run (one point of a sweep).
+/// The figures of one class of one run (one point of a sweep).
 #[derive(Debug, Serialize)]
 pub struct Point {
+    /// The class's name, in a multi-class run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
     pub url: String,
+    /// What was sent.
+    #[serde(skip)]
+    inputs: String,
     pub mode: &'static str,
     pub concurrency: Option<usize>,
     pub rate: Option<f64>,
@@ -40,16 +46,20 @@ pub struct Point {
 }
 
 impl Point {
-    pub fn new(args: &Args, plan: &Plan, o: &Outcome, cpu_s: f64) -> Point {
+    /// `cpu_s` is the generator's CPU time for the run, which sent
+    /// `run_requests` requests over all its classes.
+    pub fn new(class: &Class, o: &Outcome, cpu_s: f64, run_requests: u64) -> Point {
         let t = &o.tally;
         let n = t.hist.len();
         let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        let (mode, concurrency, rate, arrivals) = match plan.load {
+        let (mode, concurrency, rate, arrivals) = match class.load {
             Load::Closed { concurrency } => ("closed", Some(concurrency), None, None),
             Load::Open { rate, arrivals, .. } => ("open", None, Some(rate), Some(arrivals)),
         };
         Point {
-            url: args.url.clone(),
+            class: class.name.clone(),
+            url: class.url.clone(),
+            inputs: class.inputs.clone(),
             mode,
             concurrency,
             rate,
@@ -72,21 +82,24 @@ impl Point {
             stable: o.stable,
             windows: o.windows,
             connections: o.connections,
-            generator_cpu_ms: if n > 0 { cpu_s * 1000.0 / n as f64 } else { 0.0 },
+            generator_cpu_ms: if run_requests > 0 { cpu_s * 1000.0 / run_requests as f64 } else { 0.0 },
         }
     }
 
     fn load(&self) -> String {
-        match (self.concurrency, self.rate) {
+        let load = match (self.concurrency, self.rate) {
             (Some(c), _) => format!("concurrency {c}"),
             (_, Some(r)) => format!("{r:.0} req/s offered ({:?} arrivals)", self.arrivals.expect("open loop")),
             _ => String::new(),
+        };
+        match &self.class {
+            Some(name) => format!("{name}: {load}"),
+            None => load,
         }
     }
 
-    pub fn print(&self, args: &Args) {
-        let inputs = if args.tensor.is_some() { "a generated tensor".to_string() } else { input_names(args) };
-        println!("{} for {:.1} s at {} ({inputs})", self.url, self.duration_s, self.load());
+    pub fn print(&self) {
+        println!("{} for {:.1} s at {} ({})", self.url, self.duration_s, self.load(), self.inputs);
         println!(
             "  requests  {} ({} 2xx), {:.1} req/s, connection errors {}",
             self.requests, self.ok, self.req_per_s, self.connection_errors
@@ -112,14 +125,6 @@ impl Point {
             self.generator_cpu_ms
         );
     }
-}
-
-fn input_names(args: &Args) -> String {
-    let mut names: Vec<String> = args.file.iter().map(|f| f.display().to_string()).collect();
-    if let Some(d) = &args.dir {
-        names.push(format!("{}/*", d.display()));
-    }
-    names.join(", ")
 }
 
 pub fn print_summary(points: &[Point]) {

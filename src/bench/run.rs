@@ -1,6 +1,6 @@
-//! One run of the load generator: the connections (closed loop) or the
-//! arrival schedule (open loop), the measurement windows and the stability
-//! rule. Everything runs on one thread.
+//! One run of the load generator: for each class, the connections (closed
+//! loop) or the arrival schedule (open loop); the measurement windows, which
+//! every class shares; and the stability rule. Everything runs on one thread.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -15,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::{Arrivals, Body, Load, Plan};
+use super::{Arrivals, Body, Class, Load, Plan};
 
 /// The answers of one measurement window.
 pub struct Tally {
@@ -48,7 +48,7 @@ impl Tally {
     }
 }
 
-/// What a run measured: the windows the figures come from.
+/// What a run measured for one class: the windows the figures come from.
 pub struct Outcome {
     pub tally: Tally,
     /// Seconds the reported windows span.
@@ -61,7 +61,7 @@ pub struct Outcome {
     pub connections: usize,
 }
 
-/// State shared by the load tasks and the controller.
+/// One class's state, shared by its load tasks and the controller.
 struct Shared {
     host: String,
     port: u16,
@@ -244,91 +244,115 @@ fn stable(windows: &[&Tally], window: Duration, tolerance: f64) -> bool {
 }
 
 /// A one-line progress report on a terminal (standard error).
-async fn progress(sh: Arc<Shared>, load: Load) {
-    let what = match load {
-        Load::Closed { concurrency } => format!("concurrency {concurrency}"),
-        Load::Open { rate, .. } => format!("{rate:.0} req/s offered"),
-    };
+async fn progress(classes: Vec<Arc<Shared>>, what: String) {
+    let Some(first) = classes.first().cloned() else { return };
     let mut last = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let done = sh.completed.load(Ordering::Relaxed);
+        let done: u64 = classes.iter().map(|c| c.completed.load(Ordering::Relaxed)).sum();
         let now = Instant::now();
-        let phase = match now.checked_duration_since(sh.measure_start) {
+        let phase = match now.checked_duration_since(first.measure_start) {
             None => "warm-up".to_string(),
-            Some(d) => format!("window {}", d.as_nanos() / sh.window.as_nanos().max(1) + 1),
+            Some(d) => format!("window {}", d.as_nanos() / first.window.as_nanos().max(1) + 1),
         };
         eprint!("\r\x1b[K  {what}: {phase}, {} req/s, {done} answers", (done - last) * 2);
         last = done;
     }
 }
 
-pub fn run(plan: &Plan) -> anyhow::Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let slots = plan.max_windows + 1;
-        let sh = Arc::new(Shared {
-            host: plan.host.clone(),
-            port: plan.port,
-            path: plan.path.clone(),
-            bodies: plan.bodies.clone(),
-            measure_start: Instant::now() + plan.warmup,
-            window: plan.window,
-            tallies: (0..slots).map(|_| Mutex::new(Tally::new())).collect(),
-            pending: (0..slots).map(|_| AtomicI64::new(0)).collect(),
-            stop: AtomicBool::new(false),
-            completed: AtomicU64::new(0),
-            connections: AtomicI64::new(0),
-            peak_connections: AtomicI64::new(0),
-        });
-        match plan.load {
-            Load::Closed { concurrency } => {
-                for c in 0..concurrency {
-                    // Connections start at different bodies so a directory of
-                    // images is not sent in lockstep.
-                    tokio::spawn(closed_loop(sh.clone(), c));
-                }
-            }
-            Load::Open { rate, arrivals, max_connections } => {
-                tokio::spawn(open_loop(sh.clone(), rate, arrivals, max_connections));
+fn describe(load: Load) -> String {
+    match load {
+        Load::Closed { concurrency } => format!("concurrency {concurrency}"),
+        Load::Open { rate, .. } => format!("{rate:.0} req/s offered"),
+    }
+}
+
+fn start(class: &Class, measure_start: Instant, plan: &Plan) -> Arc<Shared> {
+    let slots = plan.max_windows + 1;
+    let sh = Arc::new(Shared {
+        host: class.host.clone(),
+        port: class.port,
+        path: class.path.clone(),
+        bodies: class.bodies.clone(),
+        measure_start,
+        window: plan.window,
+        tallies: (0..slots).map(|_| Mutex::new(Tally::new())).collect(),
+        pending: (0..slots).map(|_| AtomicI64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+        completed: AtomicU64::new(0),
+        connections: AtomicI64::new(0),
+        peak_connections: AtomicI64::new(0),
+    });
+    match class.load {
+        Load::Closed { concurrency } => {
+            for c in 0..concurrency {
+                // Connections start at different bodies so a directory of
+                // images is not sent in lockstep.
+                tokio::spawn(closed_loop(sh.clone(), c));
             }
         }
-        let progress = std::io::stderr().is_terminal().then(|| tokio::spawn(progress(sh.clone(), plan.load)));
+        Load::Open { rate, arrivals, max_connections } => {
+            tokio::spawn(open_loop(sh.clone(), rate, arrivals, max_connections));
+        }
+    }
+    sh
+}
+
+/// Runs every class of `plan` at once; returns their outcomes in order.
+pub fn run(plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let measure_start = Instant::now() + plan.warmup;
+        let classes: Vec<Arc<Shared>> = plan.classes.iter().map(|c| start(c, measure_start, plan)).collect();
+        let what = match &plan.classes[..] {
+            [one] => describe(one.load),
+            many => format!("{} classes", many.len()),
+        };
+        let progress = std::io::stderr().is_terminal().then(|| tokio::spawn(progress(classes.clone(), what)));
         // Window k is complete once its time is over and every request sent
         // in it is answered (bounded: a hung server does not hang the run).
+        // The run is stable when every class is.
         let mut k = 3;
         let stable_now = loop {
-            tokio::time::sleep_until(sh.measure_start + plan.window * k as u32).await;
+            tokio::time::sleep_until(measure_start + plan.window * k as u32).await;
             let patience = Instant::now() + Duration::from_secs(30);
-            while sh.pending[k - 1].load(Ordering::Relaxed) > 0 && Instant::now() < patience {
+            while classes.iter().any(|sh| sh.pending[k - 1].load(Ordering::Relaxed) > 0) && Instant::now() < patience {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let locked: Vec<_> =
-                sh.tallies[k - 3..k].iter().map(|t| t.lock().expect("tally lock is never poisoned")).collect();
-            let refs: Vec<&Tally> = locked.iter().map(|g| &**g).collect();
-            let ok = stable(&refs, plan.window, plan.stability);
-            drop(locked);
+            let ok = classes.iter().all(|sh| {
+                let locked: Vec<_> =
+                    sh.tallies[k - 3..k].iter().map(|t| t.lock().expect("tally lock is never poisoned")).collect();
+                let refs: Vec<&Tally> = locked.iter().map(|g| &**g).collect();
+                stable(&refs, plan.window, plan.stability)
+            });
             if ok || k >= plan.max_windows {
                 break ok;
             }
             k += 1;
         };
-        sh.stop.store(true, Ordering::Relaxed);
+        for sh in &classes {
+            sh.stop.store(true, Ordering::Relaxed);
+        }
         if let Some(p) = progress {
             p.abort();
             eprint!("\r\x1b[K");
         }
-        let mut tally = Tally::new();
-        for t in &sh.tallies[k - 3..k] {
-            tally.add(&t.lock().expect("tally lock is never poisoned"));
-        }
-        Ok(Outcome {
-            tally,
-            seconds: plan.window.as_secs_f64() * 3.0,
-            stable: stable_now,
-            windows: k,
-            connections: sh.peak_connections.load(Ordering::Relaxed).max(0) as usize,
-        })
+        Ok(classes
+            .iter()
+            .map(|sh| {
+                let mut tally = Tally::new();
+                for t in &sh.tallies[k - 3..k] {
+                    tally.add(&t.lock().expect("tally lock is never poisoned"));
+                }
+                Outcome {
+                    tally,
+                    seconds: plan.window.as_secs_f64() * 3.0,
+                    stable: stable_now,
+                    windows: k,
+                    connections: sh.peak_connections.load(Ordering::Relaxed).max(0) as usize,
+                }
+            })
+            .collect())
     })
 }
