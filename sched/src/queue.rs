@@ -159,6 +159,6 @@ mod tests {
         assert_eq!((q.len(), q.len_at(1), q.len_at(2)), (3, 0, 3));
         assert_eq!(drain(&mut q).len(), 3);
         q.push(1, 2, 7);
-        assert_eq!(q.pop().map(|(l, t, i)| (l, t, i)), Some((1, 2, 7)));
+        assert_eq!(q.pop(), Some((1, 2, 7)));
     }
 }
