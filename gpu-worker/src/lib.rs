@@ -4,19 +4,31 @@
 //! threads and never on an async runtime; the scheduler thread never blocks on
 //! I/O or on a backend.
 //!
+//! The way through: `worker` runs the process loop; `load` starts each
+//! model's instances; `scheduler` queues requests (one [`batcher`] state per
+//! model) and hands batches to idle instances; `instance` gathers, runs the
+//! [`backend`] and scatters the outputs.
+//!
 //! `unsafe` is allowed only in [`cuda`] (STYLE.md).
 
 pub mod backend;
 pub mod batcher;
+mod config;
 #[allow(unsafe_code)]
 pub mod cuda;
+mod error;
 pub mod frame;
 mod instance;
+mod load;
 pub mod onnx;
+mod request;
+mod scheduler;
 #[cfg(test)]
 mod test_util;
 pub mod tract;
 mod worker;
 
+pub use config::{Config, GpuEngine};
+pub use error::WorkerError;
 pub use instance::PANIC_FILE_ENV;
-pub use worker::{Config, GpuEngine, WorkerError, run};
+pub use worker::run;

@@ -32,8 +32,8 @@ pub struct ModelConfig {
     pub name: Option<String>,
     /// The CPU backend: `"onnxruntime"` (default) or `"tract"`. On a GPU
     /// every model runs on the daemon's `inference.gpu_backend` (tract-cuda).
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    #[serde(default)]
+    pub backend: CpuBackend,
     /// Arithmetic on the GPU: `"fp32"` (default) or `"fp16"` (weights and
     /// activations in half precision; inputs and outputs stay as declared).
     /// The CPU backends compute in FP32 either way.
@@ -91,8 +91,41 @@ pub enum Precision {
     Fp16,
 }
 
-fn default_backend() -> String {
-    "onnxruntime".into()
+/// What runs a model on the CPU (`backend`): one type, matched where the
+/// backend is opened, rather than names compared there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum CpuBackend {
+    /// ONNX Runtime, through `ort`.
+    #[default]
+    OnnxRuntime,
+    /// tract's own CPU runtime: the code the GPU path runs, on the CPU.
+    Tract,
+}
+
+impl CpuBackend {
+    pub const ALL: [CpuBackend; 2] = [CpuBackend::OnnxRuntime, CpuBackend::Tract];
+
+    /// The name the config gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuBackend::OnnxRuntime => "onnxruntime",
+            CpuBackend::Tract => "tract",
+        }
+    }
+}
+
+impl TryFrom<String> for CpuBackend {
+    type Error = String;
+
+    /// An unknown name is refused when the config is read, naming those
+    /// accepted.
+    fn try_from(name: String) -> Result<CpuBackend, String> {
+        CpuBackend::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| {
+            let all: Vec<&str> = CpuBackend::ALL.iter().map(|b| b.name()).collect();
+            format!("backend `{name}` is not available; accepted: {}", all.join(", "))
+        })
+    }
 }
 
 fn one() -> u32 {
@@ -316,9 +349,6 @@ impl ModelConfig {
         if let Some(p) = &self.pipeline {
             return self.validate_pipeline(p).or_else(bad);
         }
-        if self.backend != "onnxruntime" && self.backend != "tract" {
-            return bad(format!("backend `{}` is not available; accepted: onnxruntime, tract", self.backend));
-        }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return bad("at least one [[input]] and one [[output]] are required".into());
         }
@@ -455,5 +485,30 @@ impl Preprocess {
     /// The shorter side before a centre crop.
     pub fn shorter_side(&self) -> u32 {
         self.resize_shorter.unwrap_or_else(|| (self.width.max(self.height) as f32 * 256.0 / 224.0).round() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "max_batch_size = 1\n[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [2]\n\
+                           [[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [2]\n";
+
+    #[test]
+    fn the_cpu_backend_is_onnxruntime_unless_named() {
+        let cfg = ModelConfig::parse(MINIMAL, "config.toml").unwrap();
+        assert_eq!(cfg.backend, CpuBackend::OnnxRuntime);
+        for b in CpuBackend::ALL {
+            let text = format!("backend = \"{}\"\n{MINIMAL}", b.name());
+            assert_eq!(ModelConfig::parse(&text, "config.toml").unwrap().backend, b);
+        }
+    }
+
+    #[test]
+    fn an_unknown_cpu_backend_is_refused_naming_those_accepted() {
+        let text = format!("backend = \"torch\"\n{MINIMAL}");
+        let err = ModelConfig::parse(&text, "config.toml").unwrap_err().to_string();
+        assert!(err.contains("backend `torch` is not available; accepted: onnxruntime, tract"), "{err}");
     }
 }

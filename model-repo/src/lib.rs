@@ -15,8 +15,8 @@ pub mod onnx_meta;
 mod pipeline;
 
 pub use config::{
-    ChannelOrder, DecodeOn, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision, Preprocess,
-    ResizeMode, TensorConfig,
+    ChannelOrder, CpuBackend, DecodeOn, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision,
+    Preprocess, ResizeMode, TensorConfig,
 };
 pub use load::{Model, Repository};
 pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};

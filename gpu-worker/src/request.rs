@@ -1,0 +1,42 @@
+//! A request as the scheduler queues it and an instance computes it: the
+//! descriptor, the slot holding its inputs, and the span that names it in
+//! every log line, on whichever thread the line is written.
+
+use std::ops::Range;
+
+use shm::tensor::TensorMeta;
+use shm::{Descriptor, Peers, Slot, Status};
+
+use crate::batcher::Pending;
+
+/// One request waiting for, or in, a batch.
+pub struct Item {
+    pub desc: Descriptor,
+    pub slot: Slot,
+    /// The tensors in the slot (none when `encoded`).
+    pub inputs: Vec<TensorMeta>,
+    /// The slot holds the images as the client sent them (a BYTES payload of
+    /// JPEGs or raw frames) for GPU preprocessing (`decode = "gpu"`).
+    pub encoded: bool,
+    /// Once staged on the GPU: the rows of the device tensor holding its images.
+    pub staged: Option<Range<usize>>,
+    /// The `request` span opened when it arrived (`request_id`); entered on
+    /// the instance's thread for what is done for this request alone. A
+    /// disabled span (debug off) is free to carry and enter.
+    pub span: tracing::Span,
+}
+
+/// A queued request, as the batcher holds it.
+pub type Request = Pending<Item>;
+
+/// Requests that run as one batch, in batch order.
+pub type Batch = Vec<Request>;
+
+impl Item {
+    /// Fails this request towards the frontend, in its span, reusing its
+    /// slot for the message.
+    pub fn fail(self, peers: &Peers, status: Status, message: &str) {
+        let _span = self.span.enter();
+        peers.fail(&self.desc, Some(self.slot), status, message);
+    }
+}

@@ -1,0 +1,203 @@
+//! The inference worker's scheduler: it receives requests, keeps one
+//! `BatchState` per model, and hands a batch to a backend instance the
+//! moment one is free (so batches are cut as late as possible and grow
+//! while the model is busy). Which model's queue gets a free instance is
+//! the pure [`turns`]'s decision; this module does the I/O around it:
+//! accept a descriptor, cancel, hand batches over, answer what expired.
+//! Backends run on their own threads ([`crate::instance`]); this thread never
+//! blocks on them or on I/O other than its inbox.
+
+mod checks;
+mod turns;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use model_repo::{ModelConfig, Repository};
+use shm::cancel::Recent;
+use shm::tensor;
+use shm::{Descriptor, Kind, Peers, ProcId, Status};
+
+use self::checks::{check_images, check_inputs};
+use self::turns::{Head, Turns};
+use crate::batcher::{BatchState, Limits, Next, Pending};
+use crate::instance::{InstanceCommand, InstanceEvent};
+use crate::request::Item;
+
+/// How often the ids of cancelled requests are pruned.
+const PRUNE_EVERY_NS: u64 = 10_000_000_000;
+
+/// One model's queue and its instances.
+pub struct ModelQueue {
+    state: BatchState<Item>,
+    /// Images of this model are decoded and preprocessed here, on the GPU.
+    gpu_decode: bool,
+    limits: Limits,
+    instances: Vec<mpsc::Sender<InstanceCommand>>,
+}
+
+impl ModelQueue {
+    /// A queue for a model of `config` run by `instances` (none for a
+    /// pipeline: it runs in the preproc pool, and its model steps come here
+    /// as requests for the models they name).
+    pub fn new(config: &ModelConfig, instances: Vec<mpsc::Sender<InstanceCommand>>, gpu_decode: bool) -> ModelQueue {
+        ModelQueue { state: BatchState::new(), gpu_decode, limits: Limits::from_config(config), instances }
+    }
+}
+
+/// The scheduler thread's state: a queue per model, whose turn it is, and
+/// what the clients cancelled.
+pub struct Scheduler {
+    repo: Arc<Repository>,
+    peers: Arc<Peers>,
+    /// This inference worker's index (its statistics' row).
+    gpu: u16,
+    models: Vec<ModelQueue>,
+    turns: Turns,
+    cancelled: Recent,
+    next_prune: u64,
+}
+
+impl Scheduler {
+    /// At most `budget` batches compute at once.
+    pub fn new(
+        repo: Arc<Repository>,
+        peers: Arc<Peers>,
+        gpu: u16,
+        models: Vec<ModelQueue>,
+        budget: usize,
+    ) -> Scheduler {
+        let turns = Turns::new(budget, models.iter().map(|m| m.instances.len()));
+        Scheduler { repo, peers, gpu, models, turns, cancelled: Recent::default(), next_prune: 0 }
+    }
+
+    /// Validates an incoming descriptor and queues it for its model.
+    pub fn accept(&mut self, from: ProcId, d: Descriptor) {
+        let span = tracing::debug_span!("request", request_id = d.request_id);
+        let _entered = span.enter();
+        let peers = &self.peers;
+        let gpu_decode = self.models.get(d.model as usize).is_some_and(|m| m.gpu_decode);
+        match d.kind() {
+            Some(Kind::Tensors) => {}
+            Some(Kind::Images) if gpu_decode => {}
+            Some(Kind::Cancel) => return self.cancel(d.request_id),
+            other => {
+                tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
+                if d.has_slot() {
+                    drop(peers.pool().adopt(from, peers.me(), &d));
+                }
+                return;
+            }
+        }
+        let slot = match peers.pool().adopt(from, peers.me(), &d) {
+            Ok(s) => s,
+            Err(e) => return peers.fail(&d, None, Status::Internal, &e.to_string()),
+        };
+        if self.cancelled.contains(d.request_id) {
+            // Its client left while it was upstream: skip it (the slot is freed).
+            self.count_cancel(d.model, 1);
+            return;
+        }
+        let Some(model) = self.repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
+            return peers.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
+        };
+        let encoded = d.kind() == Some(Kind::Images);
+        let checked = if encoded {
+            check_images(model, &slot, &d).map(|(rows, key)| (Vec::new(), rows, key))
+        } else {
+            tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize)
+                .map_err(|e| e.to_string())
+                .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)))
+        };
+        match checked {
+            Ok((inputs, rows, shape_key)) => self.models[d.model as usize].state.push(Pending {
+                item: Item { desc: d, slot, inputs, encoded, staged: None, span: span.clone() },
+                rows,
+                shape_key,
+                arrived_ns: shm::now_ns(),
+                deadline_ns: d.deadline_ns,
+                priority: d.priority,
+            }),
+            Err(message) => peers.fail(&d, Some(slot), Status::InvalidInput, &message),
+        }
+    }
+
+    /// Drops every queued (not yet computing) request of `id`, and remembers
+    /// the id for work of it that has not arrived yet.
+    fn cancel(&mut self, id: u64) {
+        self.cancelled.insert(id, shm::now_ns());
+        for m in 0..self.models.len() {
+            let gone = self.models[m].state.remove(|item| item.desc.request_id == id);
+            if !gone.is_empty() {
+                tracing::debug!(request_id = id, "cancelled before compute");
+                self.count_cancel(m as u16, gone.len() as u64);
+            }
+        }
+    }
+
+    fn count_cancel(&self, model: u16, n: u64) {
+        if let Some(s) = shm::stats::model_stats(self.peers.region(), self.gpu, model) {
+            s.add(&s.cancel_count, n);
+        }
+    }
+
+    /// What an instance reported.
+    pub fn on_event(&mut self, event: InstanceEvent) {
+        match event {
+            InstanceEvent::Free { model, instance } => self.turns.free(model, instance),
+        }
+    }
+
+    /// Forgets cancelled ids old enough that no work of theirs can still
+    /// arrive (every few seconds; a no-op in between).
+    pub fn prune(&mut self, now: u64) {
+        if now >= self.next_prune {
+            self.next_prune = now + PRUNE_EVERY_NS;
+            self.cancelled.prune(now);
+        }
+    }
+
+    /// Hands batches to idle instances, at most `budget` computing at once,
+    /// and fails expired requests; returns when the scheduler must look
+    /// again even if nothing arrives.
+    ///
+    /// Backends that outnumber the cores only slow each other down (on the
+    /// 2-core reference VM, OCR used ~12% more CPU per image with four model
+    /// threads than with two), so a budget caps them. When several models have
+    /// work, the one whose next request has the earliest deadline goes first
+    /// ([`turns`]).
+    pub fn dispatch(&mut self, now: u64) -> Option<u64> {
+        let mut wake: Option<u64> = None;
+        self.turns.begin_round();
+        while let Some(i) = self.turns.next(|i| self.models[i].state.head().map(Head::of)) {
+            let m = &mut self.models[i];
+            match m.state.next_batch(&m.limits, now) {
+                Next::Run(batch) => {
+                    let k = self.turns.start(i);
+                    if let Err(mpsc::SendError(InstanceCommand::Run(batch))) =
+                        m.instances[k].send(InstanceCommand::Run(batch))
+                    {
+                        self.turns.lost();
+                        for p in batch {
+                            p.item.fail(&self.peers, Status::Backend, "the model instance stopped");
+                        }
+                    }
+                }
+                Next::WaitUntil(t) => {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                    self.turns.pass(i);
+                }
+                Next::Idle => self.turns.pass(i),
+            }
+        }
+        for m in &mut self.models {
+            // After next_batch: it sets aside requests it found expired.
+            for p in m.state.take_expired(now) {
+                let msg =
+                    "the request timed out before it could be computed (parameter `timeout` or the server default)";
+                p.item.fail(&self.peers, Status::Timeout, msg);
+            }
+        }
+        wake
+    }
+}
