@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use shm::mailbox::Wiring;
-use shm::region::ProcState;
-use shm::{Descriptor, Inbox, Kind, Outbox, ProcId, Slot, SlotPool, Status};
+use shm::mailbox::{SelfWaker, Wiring};
+use shm::{Descriptor, Inbox, Kind, Peers, ProcId, Slot, SlotPool, Status, Topology};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -36,10 +36,8 @@ struct Entry {
 }
 
 pub struct Dispatch {
-    pub pool: SlotPool,
-    region: Arc<shm::Region>,
-    preprocs: Vec<Outbox>,
-    gpus: Vec<Outbox>,
+    peers: Peers,
+    topology: Topology,
     /// Requests given to each preproc worker and not yet answered.
     outstanding: Vec<AtomicUsize>,
     pending: Mutex<HashMap<u64, Entry>>,
@@ -85,62 +83,61 @@ impl Drop for Ticket {
 
 impl Dispatch {
     pub fn new(wiring: &Wiring) -> Dispatch {
-        let region = wiring.region().clone();
-        let topo = region.layout().topology();
-        let lane = |to| wiring.outbox(to).expect("the frontend has a lane to every worker; this is a bug");
+        let topology = wiring.region().layout().topology();
         Dispatch {
-            pool: SlotPool::new(region.clone()),
-            preprocs: (0..topo.preprocs).map(|i| lane(topo.preproc(i))).collect(),
-            gpus: (0..topo.gpus).map(|i| lane(topo.gpu(i))).collect(),
-            outstanding: (0..topo.preprocs).map(|_| AtomicUsize::new(0)).collect(),
-            region,
+            peers: Peers::new(wiring),
+            topology,
+            outstanding: (0..topology.preprocs).map(|_| AtomicUsize::new(0)).collect(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
 
     pub fn region(&self) -> &Arc<shm::Region> {
-        &self.region
+        self.peers.region()
+    }
+
+    pub fn pool(&self) -> &SlotPool {
+        self.peers.pool()
     }
 
     pub fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn ready(&self, p: ProcId) -> bool {
-        self.region.proc_state(p) == ProcState::Ready
-    }
-
     /// Whether every inference worker and at least one preproc worker is ready.
     pub fn all_ready(&self) -> bool {
-        self.gpus.iter().all(|o| self.ready(o.to())) && self.preprocs.iter().any(|o| self.ready(o.to()))
+        let t = self.topology;
+        (0..t.gpus).all(|i| self.peers.is_ready(t.gpu(i))) && (0..t.preprocs).any(|i| self.peers.is_ready(t.preproc(i)))
     }
 
     /// Sends `slot` with `d` to a worker of `target` and registers the request.
     pub fn submit(self: &Arc<Self>, target: Target, d: Descriptor, slot: Slot) -> Result<Ticket, ApiError> {
         let (tx, rx) = oneshot::channel();
-        let (outbox, preproc) =
-            match target {
-                Target::Preproc => {
-                    let i = (0..self.preprocs.len())
-                        .filter(|&i| self.ready(self.preprocs[i].to()))
-                        .min_by_key(|&i| self.outstanding[i].load(Ordering::Relaxed))
-                        .ok_or_else(|| ApiError::Unavailable("no preproc worker is running; retry shortly".into()))?;
-                    (&self.preprocs[i], Some(i))
-                }
-                Target::Gpu => {
-                    let o =
-                        self.gpus.iter().filter(|o| self.ready(o.to())).min_by_key(|o| o.backlog()).ok_or_else(
-                            || ApiError::Unavailable("no inference worker is ready; retry shortly".into()),
-                        )?;
-                    (o, None)
-                }
-            };
+        let (to, preproc) = match target {
+            Target::Preproc => {
+                let t = self.topology;
+                let i = (0..t.preprocs)
+                    .filter(|&i| self.peers.is_ready(t.preproc(i)))
+                    .min_by_key(|&i| self.outstanding[i as usize].load(Ordering::Relaxed))
+                    .ok_or_else(|| ApiError::Unavailable("no preproc worker is running; retry shortly".into()))?;
+                (t.preproc(i), Some(i as usize))
+            }
+            Target::Gpu => (
+                self.peers
+                    .ready_gpu()
+                    .ok_or_else(|| ApiError::Unavailable("no inference worker is ready; retry shortly".into()))?,
+                None,
+            ),
+        };
+        let outbox = self.peers.outbox(to)?;
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(d.request_id, Entry { tx, preproc });
         if let Some(i) = preproc {
             self.outstanding[i].fetch_add(1, Ordering::Relaxed);
         }
         let ticket = Ticket { dispatch: self.clone(), id: d.request_id, rx: Some(rx), answered: false };
+        // Not `Peers::send`: a full lane is answered at once (503) rather
+        // than waited on, as a runtime thread must not sleep.
         match outbox.send_slot(d, slot) {
             Ok(()) => Ok(ticket),
             // Dropping the ticket unregisters the request; the slot comes back
@@ -159,10 +156,10 @@ impl Dispatch {
 
     /// Tells every worker to drop request `id` if it still holds it uncomputed
     /// (best effort: a full lane just means that worker finds out later, when
-    /// the answer is discarded here).
+    /// the answer is discarded here). The frontend's lanes lead to workers only.
     fn cancel(&self, id: u64) {
         let d = Descriptor { request_id: id, kind: Kind::Cancel as u8, slot: shm::NO_SLOT, ..Default::default() };
-        for o in self.preprocs.iter().chain(&self.gpus) {
+        for o in self.peers.outboxes() {
             let _ = o.send(&d);
         }
     }
@@ -179,7 +176,7 @@ impl Dispatch {
     /// Completes the request a descriptor from `from` answers.
     fn complete(&self, from: ProcId, d: Descriptor) {
         let slot = if d.has_slot() {
-            match self.pool.adopt(from, ProcId::FRONTEND, &d) {
+            match self.pool().adopt(from, ProcId::FRONTEND, &d) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(request_id = d.request_id, "bad descriptor from {from:?}: {e}");
@@ -213,10 +210,40 @@ impl Dispatch {
     }
 }
 
+/// The inbox thread: drains the inbox until stopped, completing requests.
+/// Dropping it stops the thread and waits for it.
+pub struct Receiver {
+    stop: Arc<AtomicBool>,
+    waker: SelfWaker,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn spawn(dispatch: Arc<Dispatch>, wiring: &Wiring, spin: Duration) -> std::io::Result<Receiver> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let inbox = wiring.inbox();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("inbox".into()).spawn(move || receive_loop(dispatch, inbox, spin, stop))?
+        };
+        Ok(Receiver { stop, waker: wiring.self_waker(), thread: Some(thread) })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Drains the inbox on its own OS thread until `stop` is set (and the inbox
 /// woken): the blocking wait spins briefly and then sleeps on the eventfd,
 /// and completing a oneshot channel wakes the waiting task on the runtime.
-pub fn receive_loop(dispatch: Arc<Dispatch>, mut inbox: Inbox, spin: Duration, stop: Arc<AtomicBool>) {
+fn receive_loop(dispatch: Arc<Dispatch>, mut inbox: Inbox, spin: Duration, stop: Arc<AtomicBool>) {
     let region = dispatch.region().clone();
     while !stop.load(Ordering::Acquire) {
         region.beat(ProcId::FRONTEND);

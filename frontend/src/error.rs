@@ -1,10 +1,8 @@
 //! The one place where failures become HTTP statuses (Triton's mapping where
-//! it has one). Every error body is JSON `{"error": "..."}` whose message says
-//! what was wrong and what is accepted.
+//! it has one). Every message says what was wrong and what is accepted; the
+//! HTTP adapter sends it as JSON `{"error": "..."}`.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -71,17 +69,9 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let status = self.status();
-        let body = serde_json::to_vec(&serde_json::json!({ "error": self.message() })).unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
+    /// A body over `server.max_body_bytes`, declared or found while reading.
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError::TooLarge(format!("the body is over the {limit}-byte limit (config: server.max_body_bytes)"))
     }
 }
 
@@ -116,9 +106,5 @@ mod tests {
         assert_eq!(ApiError::from_worker(shm::Status::InvalidInput, "x".into()).status(), 400);
         assert_eq!(ApiError::from_worker(shm::Status::Timeout, "x".into()).status(), 504);
         assert_eq!(ApiError::from_worker(shm::Status::Backend, "x".into()).status(), 500);
-        let r = ApiError::TooManyRequests("full".into()).into_response();
-        assert_eq!(r.status(), 429);
-        assert_eq!(r.headers()["retry-after"], "1");
-        assert_eq!(r.headers()["content-type"], "application/json");
     }
 }

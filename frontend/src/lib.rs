@@ -2,16 +2,25 @@
 //! image POSTs). It owns admission, request ids, routing results back to the
 //! waiting connection and the one error → HTTP status table. It never decodes
 //! images or runs models: that work is in the preproc and inference workers.
+//!
+//! Inside, an inference request goes adapter → core → dispatch: `http`
+//! turns HTTP into a protocol-neutral request, `core` runs it (admission,
+//! body, slot, submit, answer: the one path, which a gRPC adapter will share),
+//! `dispatch` hands slots to the workers and answers back to the waiting
+//! request. `state` is what they all share; `metrics` and `stats` report.
 #![forbid(unsafe_code)]
 
 mod admission;
 mod body;
+mod core;
 mod dispatch;
 pub mod error;
-mod infer;
+mod http;
 mod metrics;
-mod server;
+mod state;
 mod stats;
+#[cfg(test)]
+mod tests;
 pub mod v2;
 
 use std::net::SocketAddr;
@@ -21,6 +30,9 @@ use std::time::Duration;
 use model_repo::Repository;
 use shm::mailbox::Wiring;
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::dispatch::{Dispatch, Receiver};
+use crate::state::{Limits, State};
 
 /// What the frontend needs to run.
 pub struct Config {
@@ -72,28 +84,17 @@ pub fn run(
         let listener = tokio::net::TcpListener::bind(&cfg.addr)
             .await
             .map_err(|source| FrontendError::Bind { addr: cfg.addr.clone(), source })?;
-        let dispatch = Arc::new(dispatch::Dispatch::new(&cfg.wiring));
-        let inbox = cfg.wiring.inbox();
-        let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let receiver = {
-            let (d, stop) = (dispatch.clone(), stop_receiving.clone());
-            std::thread::Builder::new()
-                .name("inbox".into())
-                .spawn(move || dispatch::receive_loop(d, inbox, cfg.spin, stop))?
-        };
-        let state = Arc::new(server::State {
-            dispatch: dispatch.clone(),
-            repository: cfg.repository.clone(),
-            admission: admission::Admission::new(
-                cfg.max_inflight,
-                cfg.max_inflight_bytes.min(usize::MAX as u64) as usize,
-                &cfg.repository,
-            ),
-            metrics: metrics::Metrics::new(cfg.repository.models.len()),
+        let dispatch = Arc::new(Dispatch::new(&cfg.wiring));
+        // Stopped (and joined) when dropped, after the drain below.
+        let receiver = Receiver::spawn(dispatch.clone(), &cfg.wiring, cfg.spin)?;
+        let limits = Limits {
             max_body_bytes: cfg.max_body_bytes.min(usize::MAX as u64) as usize,
+            max_inflight: cfg.max_inflight,
+            max_inflight_bytes: cfg.max_inflight_bytes.min(usize::MAX as u64) as usize,
             request_timeout: cfg.request_timeout,
             body_timeout: cfg.body_timeout,
-        });
+        };
+        let state = Arc::new(State::new(dispatch.clone(), cfg.repository.clone(), limits));
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
         if let Some(maddr) = &cfg.metrics_addr {
@@ -101,7 +102,7 @@ pub fn run(
                 .await
                 .map_err(|source| FrontendError::Bind { addr: maddr.clone(), source })?;
             tracing::info!("metrics on http://{}/metrics", metrics_listener.local_addr()?);
-            tokio::spawn(server::serve_metrics(metrics_listener, state.clone()));
+            tokio::spawn(http::serve::serve_metrics(metrics_listener, state.clone()));
         }
         on_ready(addr);
         let stop = async move {
@@ -113,10 +114,8 @@ pub fn run(
             }
             Duration::ZERO
         };
-        server::serve(listener, state, stop, cfg.header_timeout).await;
-        stop_receiving.store(true, std::sync::atomic::Ordering::Release);
-        cfg.wiring.self_waker().wake();
-        let _ = receiver.join();
+        http::serve::serve(listener, state, stop, cfg.header_timeout).await;
+        drop(receiver);
         Ok(())
     })
 }

@@ -2,23 +2,23 @@
 //! the repository index, read from the counters the inference workers keep in
 //! shared memory: scraping never asks a worker anything.
 
+use model_repo::Repository;
 use serde_json::{Value, json};
+use shm::Region;
 use shm::stats::{BATCH_BUCKETS, ModelStats, model_stats};
 
 use crate::error::ApiError;
-use crate::server::State;
 
 /// Sums a counter of `model` over every inference worker.
-pub(crate) fn sum(state: &State, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
-    let region = state.dispatch.region();
+pub fn sum(region: &Region, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
     let gpus = region.layout().topology().gpus;
     (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
 }
 
 /// A pipeline's time per step (CPU time for CPU steps; send-to-answer time,
 /// queueing included, for model steps), summed over the preproc workers.
-fn pipeline_steps(state: &State, index: u16, p: &model_repo::Pipeline) -> Vec<Value> {
-    let Some(stats) = shm::stats::step_stats(state.dispatch.region(), index) else { return vec![] };
+fn pipeline_steps(region: &Region, index: u16, p: &model_repo::Pipeline) -> Vec<Value> {
+    let Some(stats) = shm::stats::step_stats(region, index) else { return vec![] };
     let get = |i: usize| (ModelStats::get(&stats[i].count), ModelStats::get(&stats[i].ns));
     let mut out: Vec<Value> = p
         .steps
@@ -36,23 +36,23 @@ fn pipeline_steps(state: &State, index: u16, p: &model_repo::Pipeline) -> Vec<Va
     out
 }
 
-fn one(state: &State, index: u16) -> Value {
-    let m = &state.repository.models[index as usize];
+fn one(repo: &Repository, region: &Region, index: u16) -> Value {
+    let m = &repo.models[index as usize];
     if let Some(p) = &m.config.pipeline {
         return json!({
             "name": m.name,
             "version": m.latest().to_string(),
-            "pipeline_steps": pipeline_steps(state, index, p),
+            "pipeline_steps": pipeline_steps(region, index, p),
         });
     }
-    let get = |f: fn(&ModelStats) -> &std::sync::atomic::AtomicU64| sum(state, index, |s| ModelStats::get(f(s)));
+    let get = |f: fn(&ModelStats) -> &std::sync::atomic::AtomicU64| sum(region, index, |s| ModelStats::get(f(s)));
     let success = get(|s| &s.success_count);
     let execs = get(|s| &s.execution_count);
     let batch_stats: Vec<Value> = (1..BATCH_BUCKETS)
         .filter_map(|b| {
-            let n = sum(state, index, |s| ModelStats::get(&s.batch_sizes[b]));
+            let n = sum(region, index, |s| ModelStats::get(&s.batch_sizes[b]));
             let ns = |f: fn(&ModelStats) -> &[std::sync::atomic::AtomicU64; BATCH_BUCKETS]| {
-                sum(state, index, |s| ModelStats::get(&f(s)[b]))
+                sum(region, index, |s| ModelStats::get(&f(s)[b]))
             };
             // The last size counts batches of that size or more.
             (n > 0).then(|| {
@@ -85,18 +85,18 @@ fn one(state: &State, index: u16) -> Value {
     })
 }
 
-pub fn render(state: &State, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
+/// `/v2/models/stats` (every model) or `/v2/models/<m>/stats` (`model`).
+pub fn render(repo: &Repository, region: &Region, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
     let stats: Vec<Value> = match model {
-        Some(i) => vec![one(state, i)],
-        None => (0..state.repository.models.len() as u16).map(|i| one(state, i)).collect(),
+        Some(i) => vec![one(repo, region, i)],
+        None => (0..repo.models.len() as u16).map(|i| one(repo, region, i)).collect(),
     };
     serde_json::to_vec(&json!({ "model_stats": stats })).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-pub fn repository_index(state: &State) -> Vec<u8> {
-    let ready = state.dispatch.all_ready();
-    let models: Vec<Value> = state
-        .repository
+/// `POST /v2/repository/index`: every model, READY when the server is.
+pub fn repository_index(repo: &Repository, ready: bool) -> Vec<u8> {
+    let models: Vec<Value> = repo
         .models
         .iter()
         .map(|m| json!({ "name": m.name, "version": m.latest().to_string(), "state": if ready { "READY" } else { "UNAVAILABLE" } }))

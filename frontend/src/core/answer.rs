@@ -1,0 +1,54 @@
+//! What came back for a request, for the adapter to send in its protocol.
+
+use model_repo::Model;
+use shm::tensor;
+use shm::{Descriptor, Kind, Slot};
+
+use crate::error::ApiError;
+use crate::v2::{InferRequest, OutputTensor};
+
+#[expect(clippy::large_enum_variant, reason = "made once per request and moved once; a box would allocate")]
+pub enum Answer {
+    /// A finished JSON body: the preproc worker post-processed the outputs
+    /// (labels, text lines).
+    Json(Vec<u8>),
+    /// The model's output tensors.
+    Tensors(Outputs),
+}
+
+/// Output tensors in a slot, described by the tensor table at the start of
+/// the descriptor's range.
+pub struct Outputs {
+    desc: Descriptor,
+    slot: Slot,
+    /// What the client asked for (which outputs, binary or JSON,
+    /// classification); the default for an image post.
+    pub request: InferRequest,
+}
+
+impl Answer {
+    pub(super) fn new(desc: Descriptor, slot: Slot, request: InferRequest) -> Result<Answer, ApiError> {
+        Ok(match desc.kind() {
+            Some(Kind::Response) => Answer::Json(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec()),
+            // A model without post-processing answers with its output tensors.
+            _ => Answer::Tensors(Outputs { desc, slot, request }),
+        })
+    }
+}
+
+impl Outputs {
+    /// Views of the outputs, named as `model` names them, in its order.
+    pub fn tensors<'a>(&'a self, model: &'a Model) -> Result<Vec<OutputTensor<'a>>, ApiError> {
+        let metas = tensor::read_table(self.slot.as_slice(), self.desc.offset as usize, self.desc.len as usize)?;
+        Ok(metas
+            .into_iter()
+            .zip(&model.config.outputs)
+            .map(|(m, c)| OutputTensor {
+                name: &c.name,
+                datatype: m.dtype,
+                shape: m.dims,
+                data: &self.slot.as_slice()[m.offset..m.offset + m.len],
+            })
+            .collect())
+    }
+}

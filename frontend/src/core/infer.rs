@@ -1,0 +1,126 @@
+//! The one path of an inference request, whatever protocol brought it:
+//! admit → reserve → read → submit → answer. The request's span and its
+//! metrics are opened here, once, and its outcome is logged here, once.
+
+use http::StatusCode;
+use model_repo::Model;
+use tracing::Instrument;
+
+use super::answer::Answer;
+use super::input::{Buffered, ImageLayout, Reading, Work};
+use super::job::{Job, RequestParams};
+use super::payload::Payload;
+use crate::body::{BodySource, Timed};
+use crate::error::ApiError;
+use crate::metrics::Track;
+use crate::state::State;
+use crate::v2;
+
+/// One inference request, as an adapter hands it over.
+pub struct Request {
+    /// The model's index in the repository (the adapter resolved it).
+    pub model: u16,
+    pub params: RequestParams,
+    /// What the adapter made of the request's description (its headers), or
+    /// why it could not: refused after admission, as a malformed body is.
+    pub payload: Result<Payload, ApiError>,
+}
+
+/// Runs `request`, reading its body from `body`; `respond` turns the answer
+/// into the adapter's response, inside the request's span (its failures
+/// count as the request's).
+pub async fn infer<S: BodySource, R>(
+    state: &State,
+    request: Request,
+    body: &mut S,
+    respond: impl FnOnce(Answer) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let model = &state.repository.models[request.model as usize];
+    // `request_id` is filled in once the request has one; the workers log
+    // under the same id.
+    let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
+    let track = state.metrics.track(request.model);
+    let result = async {
+        let result = answer(state, model, request, body, &track).await.and_then(respond);
+        match &result {
+            Ok(_) => tracing::debug!(status = StatusCode::OK.as_u16(), "answered"),
+            Err(e) if e.status().is_server_error() => tracing::warn!("failed: {}", e.message()),
+            Err(e) => tracing::debug!(status = e.status().as_u16(), "refused: {}", e.message()),
+        }
+        result
+    }
+    .instrument(span)
+    .await;
+    track.finish(match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    });
+    result
+}
+
+async fn answer<S: BodySource>(
+    state: &State,
+    model: &Model,
+    request: Request,
+    body: &mut S,
+    track: &Track<'_>,
+) -> Result<Answer, ApiError> {
+    let Request { model: index, params, payload } = request;
+    let mut permit = state.admission.admit(index, &model.name)?;
+    let payload = payload?;
+    let limit = state.limits.max_body_bytes;
+    if let Some(n) = payload.len {
+        if n > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        // Refused before a byte of the body is read.
+        state.admission.reserve(&mut permit, n)?;
+    }
+    let mut body = Timed::new(body, state.limits.body_timeout);
+    let work = match Reading::of(state, model, &payload, &mut permit)? {
+        Reading::Slot(image) => {
+            // Straight into the slot: the only copy of the bytes on this side.
+            let job = Job::new(state, model, index, params);
+            let mut slot = job.alloc(state, image.slot_len())?;
+            body.read_exact(image.write(&mut slot)).await?;
+            track.received();
+            Work::image(job, model, slot, image.slot_len())
+        }
+        Reading::Buffer(what) => {
+            let raw = body.read_all(limit, payload.len).await?;
+            track.received();
+            if payload.len.is_none() {
+                state.admission.reserve(&mut permit, raw.len())?;
+            }
+            let (raw, request) = match what {
+                Buffered::Image => (raw, None),
+                Buffered::V2(form) => {
+                    let raw = payload.encoding.decode(raw, limit)?;
+                    let request = form.parse(&raw, model)?;
+                    (raw, request)
+                }
+            };
+            match request {
+                Some(request) => {
+                    v2::validate(&request, model)?;
+                    // The request's own parameters over the adapter's.
+                    let params = RequestParams {
+                        priority: request.priority.or(params.priority),
+                        timeout_us: request.timeout_us.or(params.timeout_us),
+                    };
+                    let job = Job::new(state, model, index, params);
+                    Work::tensors(state, job, model, request, &raw)?
+                }
+                // An image sent without its length, or without a Content-Type.
+                None => {
+                    let image = ImageLayout::image(model, raw.len())?;
+                    let job = Job::new(state, model, index, params);
+                    let mut slot = job.alloc(state, image.slot_len())?;
+                    image.write(&mut slot).copy_from_slice(&raw);
+                    Work::image(job, model, slot, image.slot_len())
+                }
+            }
+        }
+    };
+    work.submit(state).await
+}

@@ -1,0 +1,104 @@
+//! A request on its way to the workers: its id, deadline and priority, the
+//! slot and descriptor that carry it, and the wait for its answer.
+
+use std::time::Duration;
+
+use model_repo::Model;
+use shm::{Descriptor, Kind, ProcId, Slot};
+
+use crate::dispatch::{Completion, Target};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// What the client asked of the request's handling, however its protocol
+/// carries it (v2 `parameters`, query parameters, gRPC parameters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestParams {
+    /// Triton's convention: 0 is the model's default, 1 the highest.
+    pub priority: Option<u64>,
+    /// The request's deadline, in microseconds from now.
+    pub timeout_us: Option<u64>,
+}
+
+/// A request on its way: where its answer will come from and until when.
+pub struct Job {
+    pub id: u64,
+    model: u16,
+    deadline_ns: u64,
+    timeout: Duration,
+    priority: u8,
+}
+
+impl Job {
+    /// Gives the request its id (recorded in the current span, the
+    /// request's) and its deadline.
+    pub fn new(state: &State, config: &Model, model: u16, params: RequestParams) -> Job {
+        // The request's `timeout`, else the model's default, else the server's.
+        let timeout = params
+            .timeout_us
+            .or(config.config.default_timeout_microseconds)
+            .map(Duration::from_micros)
+            .unwrap_or(state.limits.request_timeout);
+        let id = state.dispatch.new_id();
+        tracing::Span::current().record("request_id", id);
+        Job {
+            id,
+            model,
+            deadline_ns: shm::now_ns().saturating_add(timeout.as_nanos() as u64),
+            timeout,
+            priority: params.priority.map(|p| p.min(255) as u8).unwrap_or(0),
+        }
+    }
+
+    /// A slot for `len` bytes of request data: 413 if no slot class could
+    /// ever hold it, 503 if all that could are busy.
+    pub fn alloc(&self, state: &State, len: usize) -> Result<Slot, ApiError> {
+        let pool = state.dispatch.pool();
+        let largest = pool.largest();
+        if len > largest {
+            return Err(ApiError::TooLarge(format!(
+                "the request needs {len} bytes of shared memory; the largest slot holds {largest} (config: shm.slots)"
+            )));
+        }
+        Ok(pool.alloc(len, ProcId::FRONTEND, self.id)?)
+    }
+
+    pub fn descriptor(&self, kind: Kind, len: usize, rows: u32, flags: u8) -> Descriptor {
+        Descriptor {
+            request_id: self.id,
+            deadline_ns: self.deadline_ns,
+            sent_ns: shm::now_ns(),
+            offset: 0,
+            len: len as u32,
+            model: self.model,
+            kind: kind as u8,
+            rows,
+            reply_to: ProcId::FRONTEND.0,
+            priority: self.priority,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    /// Hands `slot` with `d` to a worker of `target` and waits for the
+    /// answer until the deadline.
+    pub async fn run(
+        &self,
+        state: &State,
+        target: Target,
+        d: Descriptor,
+        slot: Slot,
+    ) -> Result<(Descriptor, Slot), ApiError> {
+        let ticket = state.dispatch.submit(target, d, slot)?;
+        // A little grace beyond the deadline: a worker that drops an expired
+        // request answers with a timeout error, which is more precise.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), ticket.wait()).await {
+            Ok(Completion::Done { desc, slot }) => Ok((desc, slot)),
+            Ok(Completion::Failed(e)) => Err(e),
+            Err(_) => Err(ApiError::Timeout(format!(
+                "the request did not complete within {:?} (parameter `timeout` in microseconds, or server.request_timeout_ms)",
+                self.timeout
+            ))),
+        }
+    }
+}

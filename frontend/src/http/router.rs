@@ -1,0 +1,91 @@
+//! The routing table, as a function of the request alone: tests call it
+//! without a socket, with any body type. Errors of every route but the
+//! inference core's become responses here, with their one log line.
+
+use http::{Method, Request, StatusCode};
+use model_repo::Model;
+
+use super::infer;
+use super::response::{self, Resp};
+use crate::body::BodySource;
+use crate::error::ApiError;
+use crate::state::State;
+use crate::{metrics, stats, v2};
+
+/// Answers `req`: the whole API on the main port.
+pub async fn route<B: BodySource>(state: &State, req: Request<B>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match table(state, &method, &path, req).await {
+        Ok(resp) => resp,
+        // Inference requests log their own outcome, in their span.
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!("{method} {path}: {}", e.message());
+            } else {
+                tracing::debug!("{method} {path}: {}", e.message());
+            }
+            response::error(&e)
+        }
+    }
+}
+
+/// Answers `req` on the metrics-only listener (`server.metrics_port`, like
+/// Triton's 8002).
+pub fn metrics_only<B>(state: &State, req: &Request<B>) -> Resp {
+    let path = req.uri().path().trim_end_matches('/');
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics_text(state),
+        (_, "/metrics") => {
+            response::error(&ApiError::MethodNotAllowed(format!("{} is not allowed on /metrics", req.method())))
+        }
+        _ => response::error(&ApiError::NotFound(format!("no route {path}; this port serves /metrics only"))),
+    }
+}
+
+fn metrics_text(state: &State) -> Resp {
+    response::metrics(metrics::render(&state.scrape()))
+}
+
+fn readiness(state: &State) -> Resp {
+    response::empty(if state.dispatch.all_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+}
+
+async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: Request<B>) -> Result<Resp, ApiError> {
+    let path = path.trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    let wrong = || ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
+    let (repo, region) = (&state.repository, state.dispatch.region());
+    match segs.as_slice() {
+        ["v2", "models", "stats"] => match get {
+            true => Ok(response::json(stats::render(repo, region, None)?)),
+            false => Err(wrong()),
+        },
+        ["metrics"] if get => Ok(metrics_text(state)),
+        ["v2"] if get => Ok(response::json(v2::server_metadata())),
+        ["v2", "health", "live"] if get => Ok(response::empty(StatusCode::OK)),
+        ["v2", "health", "ready"] if get => Ok(readiness(state)),
+        ["v2", "repository", "index"] if method == Method::POST => {
+            Ok(response::json(stats::repository_index(repo, state.dispatch.all_ready())))
+        }
+        ["v2", "models", name, rest @ ..] => {
+            let (version, rest) = match rest {
+                ["versions", v, rest @ ..] => (Some(*v), rest),
+                rest => (None, rest),
+            };
+            let (index, model): (u16, &Model) = state.model(name, version)?;
+            match rest {
+                [] if get => Ok(response::json(v2::model_metadata(model))),
+                ["ready"] if get => Ok(readiness(state)),
+                ["stats"] if get => Ok(response::json(stats::render(repo, region, Some(index))?)),
+                ["config"] if get => Ok(response::json(v2::model_config(model))),
+                ["infer"] if method == Method::POST => Ok(infer::infer(state, index, model, req).await),
+                [] | ["ready"] | ["stats"] | ["config"] | ["infer"] => Err(wrong()),
+                _ => Err(ApiError::NotFound(format!("no route {path}; see docs/api.md"))),
+            }
+        }
+        ["v2"] | ["v2", "health", "live" | "ready"] | ["v2", "repository", "index"] | ["metrics"] => Err(wrong()),
+        _ => Err(ApiError::NotFound(format!("no route {path}; the API is under /v2 (see docs/api.md)"))),
+    }
+}

@@ -1,0 +1,143 @@
+//! The frontend's live counters, one set per model: outcomes by status, the
+//! `receive` and `total` stages, requests in flight. Bumped on the request
+//! path (relaxed atomics only) and read by the renderers beside this file.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::StatusCode;
+use shm::stats::Histogram;
+
+/// Triton's failure reasons, in `nv_inference_request_failure{reason}`.
+pub(super) const REASONS: [&str; 4] = ["REJECTED", "CANCELED", "BACKEND", "OTHER"];
+
+/// What the frontend counts per model.
+#[derive(Default)]
+pub(super) struct ModelCounters {
+    /// Answers by HTTP status code (index: code - 100).
+    pub(super) codes: Vec<AtomicU64>,
+    pub(super) failures: [AtomicU64; 4],
+    pub(super) success: AtomicU64,
+    /// End-to-end microseconds of successful requests.
+    pub(super) success_us: AtomicU64,
+    inflight: AtomicI64,
+    pub(super) receive: Histogram,
+    pub(super) total: Histogram,
+}
+
+impl ModelCounters {
+    /// Answers with HTTP status `code`.
+    pub(super) fn code(&self, code: usize) -> u64 {
+        load(&self.codes[code - 100])
+    }
+
+    /// Requests in flight (never negative in a report).
+    pub(super) fn inflight(&self) -> i64 {
+        self.inflight.load(Ordering::Relaxed).max(0)
+    }
+}
+
+/// The frontend's counters, one set per model.
+pub struct Metrics {
+    models: Vec<ModelCounters>,
+}
+
+impl Metrics {
+    pub fn new(models: usize) -> Metrics {
+        Metrics {
+            models: (0..models)
+                .map(|_| ModelCounters { codes: (100..600).map(|_| AtomicU64::new(0)).collect(), ..Default::default() })
+                .collect(),
+        }
+    }
+
+    /// Starts tracking one inference request of `model`.
+    pub fn track(&self, model: u16) -> Track<'_> {
+        let c = &self.models[model as usize];
+        // Relaxed: independent counters read only for reporting.
+        c.inflight.fetch_add(1, Ordering::Relaxed);
+        Track { counters: c, started: Instant::now(), finished: false }
+    }
+
+    pub(super) fn model(&self, model: usize) -> &ModelCounters {
+        &self.models[model]
+    }
+}
+
+/// One request being tracked. Dropped without [`Track::finish`] means the
+/// client went away before the answer (counted as CANCELED).
+pub struct Track<'a> {
+    counters: &'a ModelCounters,
+    started: Instant,
+    finished: bool,
+}
+
+impl Track<'_> {
+    /// The request's body has been read.
+    pub fn received(&self) {
+        self.counters.receive.observe(self.started.elapsed());
+    }
+
+    pub fn finish(mut self, status: StatusCode) {
+        self.finished = true;
+        let c = self.counters;
+        let took = self.started.elapsed();
+        if let Some(n) = c.codes.get((status.as_u16() as usize).wrapping_sub(100)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if status.is_success() {
+            c.success.fetch_add(1, Ordering::Relaxed);
+            c.success_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            c.total.observe(took);
+        } else {
+            c.failures[reason(status)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Track<'_> {
+    fn drop(&mut self) {
+        let c = self.counters;
+        c.inflight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            c.failures[1].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Index into [`REASONS`]: shed (429) and timed-out (504, 408) requests were
+/// rejected, worker failures are the backend's, other client errors OTHER.
+fn reason(status: StatusCode) -> usize {
+    match status.as_u16() {
+        429 | 504 | 408 => 0,
+        500 | 503 => 2,
+        _ => 3,
+    }
+}
+
+pub(super) fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_counted_by_reason() {
+        let m = Metrics::new(1);
+        m.track(0).finish(StatusCode::OK);
+        m.track(0).finish(StatusCode::TOO_MANY_REQUESTS);
+        m.track(0).finish(StatusCode::BAD_REQUEST);
+        m.track(0).finish(StatusCode::INTERNAL_SERVER_ERROR);
+        let in_flight = m.track(0);
+        assert_eq!(m.model(0).inflight(), 1);
+        drop(in_flight); // the client went away
+        let c = m.model(0);
+        assert_eq!(load(&c.success), 1);
+        let failures: Vec<u64> = c.failures.iter().map(load).collect();
+        assert_eq!(failures, [1, 1, 1, 1]);
+        assert_eq!(load(&c.codes[429 - 100]), 1);
+        assert_eq!(m.model(0).inflight(), 0);
+    }
+}

@@ -1,0 +1,154 @@
+//! Dispatch end to end without a socket: the router hands requests to the
+//! workers' lanes, threads standing in for the workers answer, the receive
+//! loop completes the waiting request and the router renders the answer.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::json;
+use shm::desc::FLAG_POSTPROCESS;
+use shm::region::ProcState;
+use shm::tensor::{self, DType, TensorSpec};
+use shm::{Descriptor, Kind, ProcId, Slot, Status};
+
+use super::{Harness, limits};
+
+/// A worker that answers `n` requests with `answer` (which may rewrite the
+/// slot and returns the reply's descriptor, or `None` to fail the request)
+/// and returns each request's descriptor and slot bytes.
+fn worker(
+    h: &Harness,
+    p: ProcId,
+    n: usize,
+    answer: impl Fn(&Descriptor, &mut Slot) -> Option<Descriptor> + Send + 'static,
+) -> JoinHandle<Vec<(Descriptor, Vec<u8>)>> {
+    let (mut inbox, peers) = h.worker(p);
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let (from, d) = inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).expect("a request arrives");
+            let mut slot = peers.pool().adopt(from, peers.me(), &d).expect("the request's slot");
+            seen.push((d, slot.as_slice()[..(d.offset + d.len) as usize].to_vec()));
+            match answer(&d, &mut slot) {
+                Some(reply) => peers.send(ProcId::FRONTEND, reply, slot).unwrap(),
+                None => peers.fail(&d, Some(slot), Status::InvalidInput, "the tensor is not to my taste"),
+            }
+        }
+        seen
+    })
+}
+
+/// `add`: y = x + 1, written over the request in its own slot.
+fn add_one(d: &Descriptor, slot: &mut Slot) -> Option<Descriptor> {
+    let metas = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize).unwrap();
+    let x = &slot.as_slice()[metas[0].offset..metas[0].offset + metas[0].len];
+    let y: Vec<u8> =
+        x.chunks(4).flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) + 1.0).to_le_bytes()).collect();
+    let specs = [TensorSpec { dtype: DType::F32, dims: metas[0].dims.clone(), byte_len: y.len() }];
+    let (len, ranges) = tensor::write_table(slot.as_mut_slice(), 0, &specs).unwrap();
+    slot.as_mut_slice()[ranges[0].clone()].copy_from_slice(&y);
+    Some(Descriptor { kind: Kind::Outputs as u8, offset: 0, len: len as u32, ..*d })
+}
+
+#[tokio::test]
+async fn v2_tensors_go_to_an_inference_worker_and_come_back_rendered() {
+    let h = Harness::new(limits());
+    let gpu = worker(&h, h.topology().gpu(0), 2, add_one);
+    let body = br#"{"id":"r1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.5,2]}],"parameters":{"priority":3}}"#;
+    let r = h.call(Method::POST, "/v2/models/add/infer", &[("content-type", "application/json")], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(
+        r.json(),
+        json!({"model_name": "add", "model_version": "1", "id": "r1",
+               "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.5, 3.0]}]})
+    );
+    // Binary outputs: the JSON header's length in Inference-Header-Content-Length.
+    let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[0,-1]}],"parameters":{"binary_data_output":true}}"#;
+    let r = h.call(Method::POST, "/v2/models/add/infer", &[], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    let n: usize = r.headers["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let data: Vec<u8> = [1.0f32, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(&r.body[n..], &data[..]);
+    let seen = gpu.join().unwrap();
+    let (d, _) = &seen[0];
+    assert_eq!((d.kind(), d.model, d.rows, d.priority, d.reply_to), (Some(Kind::Tensors), 0, 1, 3, 0));
+    let metrics = h.metrics();
+    assert!(metrics.contains("highserve_requests_total{model=\"add\",version=\"1\",code=\"200\"} 2\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_worker_failure_comes_back_as_its_status() {
+    let h = Harness::new(limits());
+    let gpu = worker(&h, h.topology().gpu(0), 1, |_, _| None);
+    let r = h
+        .call(
+            Method::POST,
+            "/v2/models/add/infer",
+            &[],
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.error()), (400, "the tensor is not to my taste".into()));
+    gpu.join().unwrap();
+}
+
+#[tokio::test]
+async fn images_and_frames_land_on_the_preproc_lane() {
+    let h = Harness::new(limits());
+    let answer = br#"{"label":"yes"}"#;
+    let preproc = worker(&h, h.topology().preproc(0), 3, move |d, slot| {
+        slot.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+        Some(Descriptor { kind: Kind::Response as u8, offset: 0, len: answer.len() as u32, ..*d })
+    });
+    let jpeg = b"\xFF\xD8\xFF\xE0 a small jpeg";
+    let len = jpeg.len().to_string();
+    let posts: [&[(&str, &str)]; 3] = [
+        &[("content-type", "image/jpeg"), ("content-length", &len)],
+        // `curl --data-binary @photo.jpg`: no Content-Type, recognised by its bytes.
+        &[],
+        &[("content-type", "video/x-raw; format=RGB; width=2; height=2")],
+    ];
+    let pixels = [7u8; 12];
+    for (headers, body) in posts.iter().zip([&jpeg[..], &jpeg[..], &pixels[..]]) {
+        let r = h.call(Method::POST, "/v2/models/cls/infer", headers, body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!((r.headers["content-type"].to_str().unwrap(), &r.body[..]), ("application/json", &answer[..]));
+    }
+    let seen = preproc.join().unwrap();
+    let mut image = (jpeg.len() as u32).to_le_bytes().to_vec();
+    image.extend_from_slice(jpeg);
+    for (d, bytes) in &seen[..2] {
+        assert_eq!((d.kind(), d.model, d.rows, d.flags), (Some(Kind::Images), 1, 1, FLAG_POSTPROCESS));
+        assert_eq!(bytes, &image);
+    }
+    let (d, bytes) = &seen[2];
+    let frame = shm::frame::FrameInfo { format: shm::frame::PixelFormat::Rgb24, width: 2, height: 2 };
+    assert_eq!(d.len as usize, 4 + shm::frame::HEADER_LEN + 12);
+    assert_eq!(bytes[..4], (shm::frame::HEADER_LEN as u32 + 12).to_le_bytes());
+    assert_eq!(bytes[4..4 + shm::frame::HEADER_LEN], frame.header());
+    assert_eq!(bytes[4 + shm::frame::HEADER_LEN..], pixels);
+}
+
+#[tokio::test]
+async fn nothing_is_sent_to_a_worker_that_is_down() {
+    let h = Harness::new(limits());
+    h.set_state(h.topology().preproc(0), ProcState::Down);
+    let r = h.call(Method::POST, "/v2/models/cls/infer", &[("content-type", "image/png")], b"\x89PNG\r\n\x1a\n").await;
+    assert_eq!((r.status.as_u16(), r.error()), (503, "no preproc worker is running; retry shortly".into()));
+    assert_eq!(r.headers["retry-after"], "1");
+    h.set_state(h.topology().gpu(0), ProcState::Down);
+    let r = h
+        .call(
+            Method::POST,
+            "/v2/models/add/infer",
+            &[],
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.error()), (503, "no inference worker is ready; retry shortly".into()));
+    let metrics = h.metrics();
+    assert!(metrics.contains("highserve_shm_slots_in_use{size=\"65536\"} 0\n"), "slots given back: {metrics}");
+}
