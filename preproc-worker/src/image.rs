@@ -100,6 +100,29 @@ impl Default for DecodeLimits {
     }
 }
 
+/// An interleaved RGB8 image: `height` rows of `width` pixels, no padding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl Rgb {
+    /// A black image.
+    pub fn black(width: u32, height: u32) -> Rgb {
+        Rgb { width, height, data: vec![0; width as usize * height as usize * 3] }
+    }
+}
+
+/// [`probe`] (so `limits` hold) then [`decode_into`] a new image at full size.
+pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb, ImageError> {
+    let info = probe(bytes, limits)?;
+    let mut data = Vec::new();
+    let (width, height) = decode_into(bytes, &info, None, &mut data)?;
+    Ok(Rgb { width, height, data })
+}
+
 /// Identifies the format by its magic bytes (the Content-Type is not trusted).
 pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
     if bytes.is_empty() {

@@ -6,11 +6,15 @@
 
 pub mod classify;
 pub mod contain;
+mod failure;
 pub mod frame;
 pub mod image;
 pub mod ocr;
 mod pipeline;
+mod postprocess;
 pub mod preprocess;
+mod request;
+mod tensorize;
 mod worker;
 
 pub use worker::{Config, WorkerError, run};

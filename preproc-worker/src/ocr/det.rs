@@ -3,7 +3,7 @@
 //! multiples of 32, normalize) and `_get_origin_points`.
 
 use super::resize::{resize, resize_rows};
-use super::{OcrError, Quad, Rgb, check_len, put_f32};
+use super::{OcrError, Quad, Rgb, check, check_len, put_f32};
 
 /// rapidocr's `Global` and `Det` settings that shape the detector input.
 #[derive(Clone, Debug, PartialEq)]
@@ -169,7 +169,7 @@ pub fn det_sizes(width: u32, height: u32, p: &DetParams) -> Result<DetSizes, Ocr
 /// detector input size. Takes the image by value: when no scaling applies
 /// (most photos) it becomes the prepared image without a copy.
 pub fn det_prepare(img: Rgb, p: &DetParams) -> Result<DetPrep, OcrError> {
-    img.check()?;
+    check(&img)?;
     let s = det_sizes(img.width, img.height, p)?;
     let (raw_w, raw_h) = (img.width, img.height);
     let scaled = if (s.scaled_w, s.scaled_h) == (raw_w, raw_h) { img } else { resize(&img, s.scaled_w, s.scaled_h) };

@@ -39,26 +39,14 @@ pub use text::{
     rec_width, rec_width_from,
 };
 
-/// An interleaved RGB8 image: `height` rows of `width` pixels, no padding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rgb {
-    pub width: u32,
-    pub height: u32,
-    pub data: Vec<u8>,
-}
+pub use crate::image::Rgb;
 
-impl Rgb {
-    /// A black image.
-    pub fn black(width: u32, height: u32) -> Rgb {
-        Rgb { width, height, data: vec![0; width as usize * height as usize * 3] }
+/// Checks that `img` is a whole, non-empty RGB8 image.
+fn check(img: &Rgb) -> Result<(), OcrError> {
+    if img.width == 0 || img.height == 0 || img.data.len() != img.width as usize * img.height as usize * 3 {
+        return Err(OcrError::BadImage { width: img.width, height: img.height, len: img.data.len() });
     }
-
-    fn check(&self) -> Result<(), OcrError> {
-        if self.width == 0 || self.height == 0 || self.data.len() != self.width as usize * self.height as usize * 3 {
-            return Err(OcrError::BadImage { width: self.width, height: self.height, len: self.data.len() });
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A text box: top-left, top-right, bottom-right, bottom-left corners, in

@@ -3,7 +3,7 @@
 //! batching rules, `ClsPostProcess`'s rotate decision and `CTCLabelDecode`.
 
 use super::resize::resize_rows;
-use super::{OcrError, Rgb, check_len, put_f32};
+use super::{OcrError, Rgb, check, check_len, put_f32};
 
 /// Classifier input height and width (Cls.cls_image_shape).
 pub const CLS_HEIGHT: u32 = 48;
@@ -52,7 +52,7 @@ pub fn cls_input_len() -> usize {
 /// planes, height 48, width min(192, ceil(48 * w / h)), `(x / 255 - 0.5) /
 /// 0.5`, zeros on the right.
 pub fn cls_input(crop: &Rgb, out: &mut [u8]) -> Result<(), OcrError> {
-    crop.check()?;
+    check(crop)?;
     check_len(out, cls_input_len())?;
     let fit = fit_width(crop, CLS_HEIGHT);
     let resized_w = if fit > f64::from(CLS_WIDTH) { CLS_WIDTH } else { fit as u32 };
@@ -76,7 +76,7 @@ pub fn rec_input_len(width: u32) -> usize {
 /// ([`rec_input_len`] bytes): BGR planes, height 48, width min(width,
 /// ceil(48 * w / h)), normalized like [`cls_input`], zeros on the right.
 pub fn rec_input(crop: &Rgb, width: u32, out: &mut [u8]) -> Result<(), OcrError> {
-    crop.check()?;
+    check(crop)?;
     check_len(out, rec_input_len(width))?;
     let fit = fit_width(crop, REC_HEIGHT);
     let resized_w = if fit > f64::from(width) { width } else { fit as u32 };

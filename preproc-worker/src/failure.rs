@@ -1,0 +1,60 @@
+//! Why a request failed here, and the two moves every job makes that can
+//! fail it for a reason of the daemon's rather than the request's: handing a
+//! slot on to a peer that is not keeping up, and finding no inference worker
+//! ready. The failure itself goes back to the frontend through
+//! [`shm::Peers::fail`].
+
+use shm::{Descriptor, Peers, ProcId, ShmError, Slot, Status};
+
+/// Why one request failed: its status class and a message for the client.
+pub(crate) struct Failure {
+    pub status: Status,
+    pub message: String,
+    /// No shared-memory slot was free (though one of the size exists): the
+    /// pipeline engine parks the request until one is, instead of failing it.
+    pub no_slot: bool,
+}
+
+impl Failure {
+    pub fn new(status: Status, message: impl Into<String>) -> Failure {
+        Failure { status, message: message.into(), no_slot: false }
+    }
+
+    pub fn input(message: impl Into<String>) -> Failure {
+        Failure::new(Status::InvalidInput, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Failure {
+        Failure::new(Status::Internal, message)
+    }
+}
+
+impl From<ShmError> for Failure {
+    fn from(e: ShmError) -> Failure {
+        let status = if matches!(e, ShmError::NoSlot { .. } | ShmError::Full { .. }) {
+            Status::Unavailable
+        } else {
+            Status::Internal
+        };
+        // NoSlot for more than the largest slot can never succeed: not worth waiting for.
+        let no_slot = matches!(e, ShmError::NoSlot { wanted, largest } if wanted <= largest);
+        Failure { status, message: e.to_string(), no_slot }
+    }
+}
+
+/// Hands `slot` to `to` with `d`, waiting up to [`shm::peers::SEND_PATIENCE`]
+/// while its lane is full; a peer still behind after that fails the request.
+pub(crate) fn send(peers: &Peers, to: ProcId, d: Descriptor, slot: Slot) -> Result<(), Failure> {
+    peers
+        .send(to, d, slot)
+        .map_err(|e| Failure::new(Status::Unavailable, format!("the {to:?} process is not keeping up: {e}")))
+}
+
+/// The inference worker to send tensors to: the ready one with the shortest
+/// queue from us. None ready (all crashed and restarting) fails the request
+/// at once rather than leaving it in a dead worker's queue.
+pub(crate) fn ready_gpu(peers: &Peers) -> Result<ProcId, Failure> {
+    peers.ready_gpu().ok_or_else(|| {
+        Failure::new(Status::Unavailable, "no inference worker is ready (it is restarting); retry shortly")
+    })
+}
