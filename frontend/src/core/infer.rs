@@ -3,7 +3,6 @@
 //! metrics are opened here, once, and its outcome is logged here, once.
 
 use http::StatusCode;
-use model_repo::Model;
 use tracing::Instrument;
 
 use super::answer::Answer;
@@ -41,7 +40,7 @@ pub async fn infer<S: BodySource, R>(
     let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
     let track = state.metrics.track(request.model);
     let result = async {
-        let result = answer(state, model, request, body, &track).await.and_then(respond);
+        let result = answer(state, request, body, &track, respond).await;
         match &result {
             Ok(_) => tracing::debug!(status = StatusCode::OK.as_u16(), "answered"),
             Err(e) if e.status().is_server_error() => tracing::warn!("failed: {}", e.message()),
@@ -58,14 +57,17 @@ pub async fn infer<S: BodySource, R>(
     result
 }
 
-async fn answer<S: BodySource>(
+/// The request's way from admission to its response; the admission permit
+/// is held until the response is made.
+async fn answer<S: BodySource, R>(
     state: &State,
-    model: &Model,
     request: Request,
     body: &mut S,
     track: &Track<'_>,
-) -> Result<Answer, ApiError> {
+    respond: impl FnOnce(Answer) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
     let Request { model: index, params, payload } = request;
+    let model = &state.repository.models[index as usize];
     let mut permit = state.admission.admit(index, &model.name)?;
     let payload = payload?;
     let limit = state.limits.max_body_bytes;
@@ -79,12 +81,12 @@ async fn answer<S: BodySource>(
     let mut body = Timed::new(body, state.limits.body_timeout);
     let work = match Reading::of(state, model, &payload, &mut permit)? {
         Reading::Slot(image) => {
-            // Straight into the slot: the only copy of the bytes on this side.
             let job = Job::new(state, model, index, params);
-            let mut slot = job.alloc(state, image.slot_len())?;
-            body.read_exact(image.write(&mut slot)).await?;
+            let mut work = Work::image(state, job, model, image)?;
+            // Straight into the slot: the only copy of the bytes on this side.
+            body.read_exact(work.body()).await?;
             track.received();
-            Work::image(job, model, slot, image.slot_len())
+            work
         }
         Reading::Buffer(what) => {
             let raw = body.read_all(limit, payload.len).await?;
@@ -115,12 +117,12 @@ async fn answer<S: BodySource>(
                 None => {
                     let image = ImageLayout::image(model, raw.len())?;
                     let job = Job::new(state, model, index, params);
-                    let mut slot = job.alloc(state, image.slot_len())?;
-                    image.write(&mut slot).copy_from_slice(&raw);
-                    Work::image(job, model, slot, image.slot_len())
+                    let mut work = Work::image(state, job, model, image)?;
+                    work.body().copy_from_slice(&raw);
+                    work
                 }
             }
         }
     };
-    work.submit(state).await
+    work.submit(state).await.and_then(respond)
 }

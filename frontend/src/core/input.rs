@@ -2,6 +2,8 @@
 //! it first: images and raw frames for a preproc worker, v2 tensors for an
 //! inference worker (or, when they are encoded images, a preproc worker).
 
+use std::ops::Range;
+
 use model_repo::Model;
 use shm::desc::FLAG_POSTPROCESS;
 use shm::frame::FrameInfo;
@@ -99,19 +101,19 @@ impl ImageLayout {
     }
 
     /// Bytes the slot must hold.
-    pub fn slot_len(&self) -> usize {
+    fn slot_len(&self) -> usize {
         4 + self.header_len() + self.body
     }
 
     /// Writes what comes before the body; returns where the body goes.
-    pub fn write<'s>(&self, slot: &'s mut Slot) -> &'s mut [u8] {
+    fn write(&self, slot: &mut Slot) -> Range<usize> {
         let dst = slot.as_mut_slice();
         let header = self.header_len();
         dst[..4].copy_from_slice(&((header + self.body) as u32).to_le_bytes());
         if let Some(frame) = &self.frame {
             dst[4..4 + header].copy_from_slice(&frame.header());
         }
-        &mut dst[4 + header..self.slot_len()]
+        4 + header..self.slot_len()
     }
 }
 
@@ -125,23 +127,33 @@ fn check_takes_images(model: &Model) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A request ready to hand over: its filled slot, the descriptor that hands
-/// the slot on, which kind of worker takes it, and the v2 request that says
-/// how its outputs are rendered (the default for an image post).
+/// A request in its slot: the descriptor that hands the slot on, which kind
+/// of worker takes it, and the v2 request that says how its outputs are
+/// rendered (the default for an image post).
 pub struct Work {
     job: Job,
     target: Target,
     desc: Descriptor,
     slot: Slot,
+    /// Where an image's own bytes go ([`Work::body`]); empty for tensors.
+    body: Range<usize>,
     request: InferRequest,
 }
 
 impl Work {
-    /// An image (or frame) in `slot`, laid out by [`ImageLayout`].
-    pub fn image(job: Job, model: &Model, slot: Slot, len: usize) -> Work {
+    /// An image (or frame) for a preproc worker: a slot laid out by
+    /// `layout`, its bytes still to be written into [`Work::body`].
+    pub fn image(state: &State, job: Job, model: &Model, layout: ImageLayout) -> Result<Work, ApiError> {
+        let mut slot = job.alloc(state, layout.slot_len())?;
         let flags = if model.config.answers_in_json() { FLAG_POSTPROCESS } else { 0 };
-        let desc = job.descriptor(Kind::Images, len, 1, flags);
-        Work { job, target: Target::Preproc, desc, slot, request: InferRequest::default() }
+        let desc = job.descriptor(Kind::Images, layout.slot_len(), 1, flags);
+        let body = layout.write(&mut slot);
+        Ok(Work { job, target: Target::Preproc, desc, slot, body, request: InferRequest::default() })
+    }
+
+    /// Where the image's bytes go.
+    pub fn body(&mut self) -> &mut [u8] {
+        &mut self.slot.as_mut_slice()[self.body.clone()]
     }
 
     /// A validated v2 request whose tensor data is in `body`.
@@ -187,7 +199,7 @@ impl Work {
             }
             (Target::Gpu, job.descriptor(Kind::Tensors, table_len, rows, 0), slot)
         };
-        Ok(Work { job, target, desc, slot, request })
+        Ok(Work { job, target, desc, slot, body: 0..0, request })
     }
 
     /// Hands the slot to its worker and waits for the answer.

@@ -67,7 +67,6 @@ impl Job {
         Descriptor {
             request_id: self.id,
             deadline_ns: self.deadline_ns,
-            sent_ns: shm::now_ns(),
             offset: 0,
             len: len as u32,
             model: self.model,
@@ -89,6 +88,7 @@ impl Job {
         d: Descriptor,
         slot: Slot,
     ) -> Result<(Descriptor, Slot), ApiError> {
+        let d = Descriptor { sent_ns: shm::now_ns(), ..d };
         let ticket = state.dispatch.submit(target, d, slot)?;
         // A little grace beyond the deadline: a worker that drops an expired
         // request answers with a timeout error, which is more precise.

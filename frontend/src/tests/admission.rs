@@ -3,10 +3,8 @@
 
 use http::Method;
 
-use super::{Harness, limits};
+use super::{ADD_JSON, Harness, limits};
 use crate::state::Limits;
-
-const ADD_JSON: &[u8] = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
 
 #[tokio::test]
 async fn requests_beyond_max_inflight_are_shed_and_counted() {

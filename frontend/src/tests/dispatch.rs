@@ -12,7 +12,7 @@ use shm::region::ProcState;
 use shm::tensor::{self, DType, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Slot, Status};
 
-use super::{Harness, limits};
+use super::{ADD_JSON, Harness, limits};
 
 /// A worker that answers `n` requests with `answer` (which may rewrite the
 /// slot and returns the reply's descriptor, or `None` to fail the request)
@@ -83,14 +83,7 @@ async fn v2_tensors_go_to_an_inference_worker_and_come_back_rendered() {
 async fn a_worker_failure_comes_back_as_its_status() {
     let h = Harness::new(limits());
     let gpu = worker(&h, h.topology().gpu(0), 1, |_, _| None);
-    let r = h
-        .call(
-            Method::POST,
-            "/v2/models/add/infer",
-            &[],
-            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
-        )
-        .await;
+    let r = h.call(Method::POST, "/v2/models/add/infer", &[], ADD_JSON).await;
     assert_eq!((r.status.as_u16(), r.error()), (400, "the tensor is not to my taste".into()));
     gpu.join().unwrap();
 }
@@ -140,14 +133,7 @@ async fn nothing_is_sent_to_a_worker_that_is_down() {
     assert_eq!((r.status.as_u16(), r.error()), (503, "no preproc worker is running; retry shortly".into()));
     assert_eq!(r.headers["retry-after"], "1");
     h.set_state(h.topology().gpu(0), ProcState::Down);
-    let r = h
-        .call(
-            Method::POST,
-            "/v2/models/add/infer",
-            &[],
-            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
-        )
-        .await;
+    let r = h.call(Method::POST, "/v2/models/add/infer", &[], ADD_JSON).await;
     assert_eq!((r.status.as_u16(), r.error()), (503, "no inference worker is ready; retry shortly".into()));
     let metrics = h.metrics();
     assert!(metrics.contains("highserve_shm_slots_in_use{size=\"65536\"} 0\n"), "slots given back: {metrics}");

@@ -28,6 +28,9 @@ pub const ADD: &str = "max_batch_size = 4\nmax_inflight = 1\n\
                        [[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [2]\n\
                        [[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [2]\n";
 
+/// A v2 JSON request for `add`.
+pub const ADD_JSON: &[u8] = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+
 /// An image classifier: images in, labels out (post-processed to JSON).
 pub const CLS: &str = "max_batch_size = 4\n\
                        [[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [3, 8, 8]\n\
