@@ -4,8 +4,9 @@
 //! GPU, where the backend hands out device memory, by DMA from the pinned
 //! slots straight into it (rows made by GPU preprocessing device to
 //! device), on the instance's staging stream, which the backend's stream
-//! waits for on the GPU. Where device inputs fail, the caller runs the batch
-//! again from host memory.
+//! waits for on the GPU: the batch's one host wait is at the end of the run.
+//! Where device inputs fail, the caller runs the batch again from host
+//! memory.
 
 use std::borrow::Cow;
 use std::ops::Range;

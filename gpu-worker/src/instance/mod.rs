@@ -140,19 +140,21 @@ impl Runner<'_> {
         {
             panic!("fault injected by {PANIC_FILE_ENV}");
         }
-        let span = tracing::debug_span!("batch", model = %self.inst.name, instance = self.inst.instance, requests = batch.len());
+        let (name, instance, requests) = (&self.inst.name, self.inst.instance, batch.len());
+        let span = tracing::debug_span!("batch", model = %name, instance, requests);
         for p in &batch {
             span.follows_from(&p.item.span);
         }
         let _span = span.enter();
-        let mut batch = self.decode(batch);
-        let mut try_device = true;
-        while !batch.is_empty() {
-            match self.attempt(batch, try_device) {
-                Some(again) => (batch, try_device) = (again, false),
-                None => break,
-            }
+        let batch = self.decode(batch);
+        if batch.is_empty() {
+            return;
         }
+        let Some(again) = self.attempt(batch, true) else { return };
+        // Its device inputs failed before any answer was sent: once more,
+        // from host memory (which is never handed back).
+        let again = self.attempt(again, false);
+        debug_assert!(again.is_none(), "a batch on host inputs runs once; this is a bug");
     }
 
     /// Decodes the batch's images into rows on the GPU, where the model

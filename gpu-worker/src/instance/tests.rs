@@ -15,6 +15,14 @@ use crate::backend::TensorView;
 use crate::batcher::Pending;
 use crate::request::{Item, Request};
 
+/// Serializes these tests: tracing caches whether a log line is wanted per
+/// call site, and a line first reached on another test's thread while
+/// `with_default` installs the recorder here can be cached as unwanted.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The inference worker (GPU 0) of a region with two 4 KiB slots and one
 /// 16 KiB slot, and the frontend's inbox.
 fn setup() -> (Peers, Inbox, SlotPool) {
@@ -62,6 +70,7 @@ fn failure(inbox: &mut Inbox, pool: &SlotPool) -> (Descriptor, String) {
 
 #[test]
 fn outputs_wait_for_a_slot_and_are_sent_when_one_frees() {
+    let _serial = serial();
     let (peers, mut inbox, pool) = setup();
     let (mut parked, held, data) = scatter_while_held(&peers, &pool, 1, 0);
     assert!(inbox.try_recv().is_none(), "nothing sent yet");
@@ -80,6 +89,7 @@ fn outputs_wait_for_a_slot_and_are_sent_when_one_frees() {
 
 #[test]
 fn outputs_that_find_no_slot_by_the_deadline_fail_with_503() {
+    let _serial = serial();
     let (peers, mut inbox, pool) = setup();
     let (mut parked, _held, _) = scatter_while_held(&peers, &pool, 2, shm::now_ns() + 5_000_000);
     std::thread::sleep(Duration::from_millis(10));
@@ -92,6 +102,7 @@ fn outputs_that_find_no_slot_by_the_deadline_fail_with_503() {
 
 #[test]
 fn outputs_larger_than_any_slot_fail_at_once() {
+    let _serial = serial();
     let (peers, mut inbox, pool) = setup();
     let data = vec![0u8; 24000]; // no slot class holds them
     let view = TensorView { dtype: DType::F32, shape: &[1, 6000], data: &data };
@@ -102,4 +113,73 @@ fn outputs_larger_than_any_slot_fail_at_once() {
     let (d, message) = failure(&mut inbox, &pool);
     assert_eq!(d.request_id, 3);
     assert!(message.contains("largest slot class is 16384 bytes"), "{message}");
+}
+
+/// A subscriber that keeps each event's message with the spans it was
+/// written in (`name{field=value}`, outermost first).
+#[derive(Default)]
+struct Recorder {
+    spans: std::sync::Mutex<Vec<String>>,
+    stack: std::sync::Mutex<Vec<u64>>,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let sep = if self.0.is_empty() { "" } else { " " };
+        self.0 = format!("{}{sep}{}={value:?}", self.0, field.name());
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = Fields(String::new());
+        span.record(&mut fields);
+        let mut spans = self.spans.lock().unwrap();
+        spans.push(format!("{}{{{}}}", span.metadata().name(), fields.0));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let spans = self.spans.lock().unwrap();
+        let within: Vec<&str> = self.stack.lock().unwrap().iter().map(|&id| spans[id as usize - 1].as_str()).collect();
+        self.lines.lock().unwrap().push(format!("{}: {}", within.join(":"), fields.0));
+    }
+    fn enter(&self, span: &tracing::span::Id) {
+        self.stack.lock().unwrap().push(span.into_u64());
+    }
+    fn exit(&self, _: &tracing::span::Id) {
+        self.stack.lock().unwrap().pop();
+    }
+}
+
+/// What is done on the instance thread for one request is logged in that
+/// request's span, so the line names it.
+#[test]
+fn a_failure_on_the_instance_thread_is_logged_in_its_request_span() {
+    let _serial = serial();
+    let (peers, mut inbox, pool) = setup();
+    let recorder = Recorder::default();
+    let lines = recorder.lines.clone();
+    tracing::subscriber::with_default(recorder, || {
+        let data = vec![0u8; 24000]; // no slot class holds them
+        let view = TensorView { dtype: DType::F32, shape: &[1, 6000], data: &data };
+        let mut p = request(&peers, 4, 0);
+        p.item.span = tracing::debug_span!("request", request_id = 4);
+        scatter(&peers, &mut Parked::default(), &mut vec![p], &[view], true);
+    });
+    assert_eq!(failure(&mut inbox, &pool).0.request_id, 4);
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines.iter().any(|l| l.starts_with("request{request_id=4}: ") && l.contains("request failed")),
+        "{lines:?}"
+    );
 }

@@ -13,7 +13,7 @@
 //! and outputs stay as the config declares them, cast on the way in and out.
 //!
 //! On the GPU a batch's inputs can also be handed over in device memory
-//! (`Backend::device_inputs`, in [`device`]).
+//! (`Backend::device_inputs`, in `device.rs`).
 
 mod device;
 #[cfg(test)]
