@@ -42,7 +42,7 @@ impl From<ShmError> for Failure {
     }
 }
 
-/// Hands `slot` to `to` with `d`, waiting up to [`shm::peers::SEND_PATIENCE`]
+/// Hands `slot` to `to` with `d`, waiting up to [`shm::mailbox::SEND_PATIENCE`]
 /// while its lane is full; a peer still behind after that fails the request.
 pub(crate) fn send(peers: &Peers, to: ProcId, d: Descriptor, slot: Slot) -> Result<(), Failure> {
     peers

@@ -9,6 +9,11 @@ use crate::lane::{Consumer, Producer};
 use crate::wake::{self, Sleeper, WakeTarget};
 use crate::{Descriptor, Kind, ProcId, Region, ShmError, Slot, SlotPool, Status};
 
+/// How long a send waits while the receiver's lane is full before it gives
+/// up: a receiver that is merely behind drains a lane in far less; one that
+/// is stuck must not wedge its senders.
+pub const SEND_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Builds the inbox and outboxes of one process from the region and the
 /// eventfds of every process (indexed by [`ProcId`]).
 #[derive(Clone)]
@@ -179,7 +184,7 @@ impl Outbox {
             Some(mut s) => {
                 s.as_mut_slice()[..msg.len()].copy_from_slice(msg);
                 reply.len = msg.len() as u32;
-                self.send_slot_wait(reply, s, crate::peers::SEND_PATIENCE)
+                self.send_slot_wait(reply, s, SEND_PATIENCE)
             }
             None => self.send(&reply),
         }

@@ -4,16 +4,10 @@
 //! worker to send tensors to.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::mailbox::Wiring;
+use crate::mailbox::{SEND_PATIENCE, Wiring};
 use crate::region::ProcState;
 use crate::{Descriptor, Outbox, ProcId, Region, ShmError, Slot, SlotPool, Status};
-
-/// How long a send waits while the receiver's lane is full before it gives
-/// up: a receiver that is merely behind drains a lane in far less; one that
-/// is stuck must not wedge its senders.
-pub const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One process's view of the others.
 pub struct Peers {
