@@ -14,8 +14,10 @@
 //!   level (Triton's `default_priority_level`), and a client that names a
 //!   level should not queue behind untagged bulk traffic.
 //! - A batch starts with the first request in that order (the head) and adds
-//!   later requests with the same `shape_key`, in order, skipping others,
-//!   while the rows sum to at most `max_rows`. It stops at the first
+//!   later requests of the head's level with the same `shape_key`, in order,
+//!   skipping others, while the rows sum to at most `max_rows`. Levels never
+//!   share a batch: a live request's batch carries no bulk rows to compute
+//!   before its answer can leave. It stops at the first
 //!   same-key request that would overflow, so requests of one key and
 //!   priority always leave in arrival order. A head whose rows alone exceed
 //!   `max_rows` runs alone.
@@ -165,7 +167,7 @@ impl<T> BatchState<T> {
     /// requests that ran out of time.
     pub fn next_batch(&mut self, limits: &Limits, now_ns: u64) -> Next<T> {
         self.set_aside_expired(now_ns);
-        let Some(head) = self.levels.values().find_map(|q| q.front()) else {
+        let Some((&head_rank, head)) = self.levels.iter().find_map(|(r, q)| q.front().map(|p| (r, p))) else {
             return Next::Idle;
         };
         let (key, head_arrived) = (head.shape_key, head.arrived_ns);
@@ -176,7 +178,7 @@ impl<T> BatchState<T> {
         let mut picks: Vec<(u16, usize, u32)> = Vec::new();
         let mut available = 0u64;
         let mut blocked = false;
-        'scan: for (&rank, queue) in &self.levels {
+        'scan: for (&rank, queue) in self.levels.range(head_rank..=head_rank) {
             for (index, p) in queue.iter().enumerate() {
                 if p.shape_key != key {
                     continue;

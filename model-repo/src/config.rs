@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use shm::tensor::DType;
 
+pub use self::image::{ChannelOrder, DecodeOn, Layout, Postprocess, PostprocessKind, Preprocess, ResizeMode};
 use crate::RepoError;
 
 mod dtype_serde {
@@ -59,6 +60,25 @@ pub struct ModelConfig {
     /// only the server-wide `server.max_inflight` applies.
     #[serde(default)]
     pub max_inflight: Option<u32>,
+    /// Priority levels this model's requests may ask for (`priority` 1, the
+    /// highest, to this), as Triton's `priority_levels` (which Triton nests
+    /// in `dynamic_batching`; here it is at the top level, since pipelines,
+    /// which have no batcher, take it too). A request with priority 0 or
+    /// beyond the levels waits at `default_priority_level`, as in Triton.
+    /// 0 (default): any priority is taken as given, and 0 ranks after every
+    /// explicit level.
+    #[serde(default)]
+    pub priority_levels: u32,
+    /// The level of a request that asks for none; needed when
+    /// `priority_levels` is set (Triton's `default_priority_level`).
+    #[serde(default)]
+    pub default_priority_level: Option<u32>,
+    /// This model's share when several models have work waiting at the same
+    /// level: the preproc pool and the inference workers serve them in
+    /// proportion to their weights (weighted fair queuing), so a flood on
+    /// one model cannot starve another. Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
     /// Deadline of a request that sets no `timeout` parameter; default:
     /// `server.request_timeout_ms`. A request still queued at its deadline is
     /// dropped without computing and answered with a timeout error.
@@ -161,124 +181,32 @@ pub struct TensorConfig {
     pub dims: Vec<i64>,
 }
 
-/// How the image is resized to the model's input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMode {
-    /// Resize to exactly `width` x `height`, ignoring the aspect ratio.
-    Stretch,
-    /// Scale to `height`, width by aspect ratio capped at `width`, and pad the
-    /// right with `pad_value` (PaddleOCR's classifier and recognizer input).
-    FitHeightPadRight,
-    /// Scale the shorter side to `resize_shorter`, then crop the centre
-    /// `width` x `height` (the ImageNet evaluation transform).
-    CenterCrop,
-}
-
-/// Where a model's images are decoded and preprocessed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecodeOn {
-    /// In the preproc pool: libjpeg-turbo / PNG, resize, normalize.
-    #[default]
-    Cpu,
-    /// In the inference worker, where it drives a GPU: JPEGs by nvJPEG,
-    /// raw frames copied from their pinned slot, then resized and normalized
-    /// by the preprocessing kernel; the preproc pool only checks headers.
-    /// Without a GPU the preproc pool does it, as with `cpu`.
-    Gpu,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ChannelOrder {
-    RGB,
-    BGR,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    NCHW,
-    NHWC,
-}
-
-/// Image → tensor. Each channel becomes `(pixel * scale - mean) / std`; the
-/// element type is the input's `datatype` (FP32, FP16, or UINT8, which takes
-/// the resized pixels unnormalized).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Preprocess {
-    /// Which input receives the image; default: the model's only input.
-    #[serde(default)]
-    pub input: Option<String>,
-    pub resize: ResizeMode,
-    pub width: u32,
-    pub height: u32,
-    /// For `center_crop`: the shorter side before cropping (default: 256/224
-    /// of the larger of width and height, as in ImageNet evaluation).
-    #[serde(default)]
-    pub resize_shorter: Option<u32>,
-    #[serde(default = "rgb")]
-    pub channel_order: ChannelOrder,
-    #[serde(default = "nchw")]
-    pub layout: Layout,
-    #[serde(default = "inv255")]
-    pub scale: f32,
-    #[serde(default)]
-    pub mean: [f32; 3],
-    #[serde(default = "ones")]
-    pub std: [f32; 3],
-    /// Value of padded elements, in the normalized output's units.
-    #[serde(default)]
-    pub pad_value: f32,
-    /// `"cpu"` (default) or `"gpu"`: see [`DecodeOn`].
-    #[serde(default)]
-    pub decode: DecodeOn,
-}
-
-fn rgb() -> ChannelOrder {
-    ChannelOrder::RGB
-}
-fn nchw() -> Layout {
-    Layout::NCHW
-}
-fn inv255() -> f32 {
-    1.0 / 255.0
-}
-fn ones() -> [f32; 3] {
-    [1.0; 3]
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PostprocessKind {
-    /// Top-k classes with labels and scores.
-    Classification,
-}
-
-/// Output → answer for image requests.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Postprocess {
-    pub kind: PostprocessKind,
-    /// Which output holds the scores; default: the model's only output.
-    #[serde(default)]
-    pub output: Option<String>,
-    /// How many classes to return (capped by the number of classes).
-    #[serde(default = "five")]
-    pub top_k: u32,
-    /// Apply softmax to the output first (for models that emit logits).
-    #[serde(default)]
-    pub softmax: bool,
-    /// Class labels by index; classes without one are reported by index.
-    #[serde(default)]
-    pub labels: Vec<String>,
-}
-
-fn five() -> u32 {
-    5
-}
-
 impl ModelConfig {
+    /// The level a request of this model with `priority` waits at (see
+    /// `priority_levels`): 1 is served first.
+    pub fn level(&self, priority: u64) -> u8 {
+        let levels = u64::from(self.priority_levels);
+        let asked = if levels > 0 && priority > levels { 0 } else { priority.min(255) as u8 };
+        sched::level(asked, self.default_priority_level.map(|d| d as u8))
+    }
+
+    fn validate_scheduling(&self) -> Result<(), String> {
+        if self.priority_levels > 255 {
+            return Err(format!("priority_levels = {}; at most 255", self.priority_levels));
+        }
+        match (self.priority_levels, self.default_priority_level) {
+            (0, Some(_)) => Err("default_priority_level needs priority_levels".into()),
+            (n, None) if n > 0 => {
+                Err(format!("priority_levels = {n} needs default_priority_level (1 to {n}), as in Triton"))
+            }
+            (n, Some(d)) if d == 0 || d > n => Err(format!("default_priority_level = {d}; accepted: 1 to {n}")),
+            _ if self.weight == 0 || self.weight > 1000 => {
+                Err(format!("weight = {}; accepted: 1 to 1000", self.weight))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn parse(text: &str, path: &str) -> Result<ModelConfig, RepoError> {
         toml::from_str(text).map_err(|e| RepoError::Parse { path: path.into(), message: e.to_string() })
     }
@@ -346,6 +274,7 @@ impl ModelConfig {
         {
             return bad(format!("config says name = \"{n}\" but the directory is `{dir_name}`; they must match"));
         }
+        self.validate_scheduling().or_else(bad)?;
         if let Some(p) = &self.pipeline {
             return self.validate_pipeline(p).or_else(bad);
         }
@@ -472,21 +401,6 @@ impl ModelConfig {
     }
 }
 
-impl Preprocess {
-    /// The tensor one image becomes, without the batch dimension.
-    pub fn image_dims(&self) -> [i64; 3] {
-        let (w, h) = (self.width as i64, self.height as i64);
-        match self.layout {
-            Layout::NCHW => [3, h, w],
-            Layout::NHWC => [h, w, 3],
-        }
-    }
-
-    /// The shorter side before a centre crop.
-    pub fn shorter_side(&self) -> u32 {
-        self.resize_shorter.unwrap_or_else(|| (self.width.max(self.height) as f32 * 256.0 / 224.0).round() as u32)
-    }
-}
-
+mod image;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! an inference worker: it hands tensors over and moves on.
 #![forbid(unsafe_code)]
 
+mod background;
 pub mod classify;
 pub mod contain;
 mod failure;

@@ -1,18 +1,23 @@
 //! The preproc worker's loop: take descriptors from the inbox, hand each to
 //! the job that does its CPU stage (an image → a tensor, a pipeline's steps,
 //! a classification answer), and fail the request back to the frontend when
-//! the job fails. Every job but a pipeline's is stateless (everything it
+//! the job fails. What has arrived waits in a [`FairQueue`], not in the
+//! lanes' arrival order: the next job is the highest level's, shared between
+//! tenants by weight, so a live request waits for at most the job in hand
+//! and one model's flood cannot starve another. Every job but a pipeline's is stateless (everything it
 //! needs is in the descriptor and its slot), so a replacement worker can pick
 //! up whatever a crashed one left in its lanes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use model_repo::Repository;
+use sched::{Active, FairQueue};
 use shm::mailbox::Wiring;
 use shm::{Descriptor, Inbox, Kind, Peers, ProcId, ShmError};
 
+use crate::background::Background;
 use crate::failure::{self, Failure};
 use crate::image::DecodeLimits;
 use crate::pipeline::{self, Engine, Io};
@@ -42,14 +47,23 @@ pub enum WorkerError {
     NoLane { from: ProcId, to: ProcId },
     #[error("pipeline set-up: {0}")]
     Pipeline(String),
+    #[error("cannot start the background thread: {0}")]
+    Thread(std::io::Error),
 }
 
 struct Worker {
-    peers: Peers,
+    peers: Arc<Peers>,
     repository: Arc<Repository>,
     tensorize: Tensorize,
     engine: Engine,
     cancelled: shm::cancel::Recent,
+    /// Work that has arrived, by level, then tenant.
+    queue: FairQueue<(ProcId, Descriptor)>,
+    /// The levels and the tenants that had work lately.
+    levels: Active<u8>,
+    tenants: Active<usize>,
+    /// Where image jobs below the highest active level run.
+    background: Background,
 }
 
 /// Runs until `shutdown` is set (the caller also wakes the inbox).
@@ -57,16 +71,23 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     let me = cfg.wiring.me();
     let region = cfg.wiring.region().clone();
     let topo = region.layout().topology();
-    let peers = Peers::new(&cfg.wiring);
+    let peers = Arc::new(Peers::new(&cfg.wiring));
     for to in std::iter::once(ProcId::FRONTEND).chain((0..topo.gpus).map(|i| topo.gpu(i))) {
         peers.outbox(to).map_err(|_| WorkerError::NoLane { from: me, to })?;
     }
+    let tensorize = || Tensorize::new(cfg.limits, cfg.dct_scaling, cfg.gpu_decode);
+    let background = Background::start(peers.clone(), cfg.repository.clone(), tensorize(), cfg.wiring.self_waker())
+        .map_err(WorkerError::Thread)?;
     let mut worker = Worker {
-        peers,
         engine: Engine::new(&cfg.repository, cfg.limits).map_err(WorkerError::Pipeline)?,
+        queue: FairQueue::new(&cfg.repository.models.iter().map(|m| m.config.weight).collect::<Vec<_>>()),
+        peers,
         repository: cfg.repository,
-        tensorize: Tensorize::new(cfg.limits, cfg.dct_scaling, cfg.gpu_decode),
+        tensorize: tensorize(),
         cancelled: Default::default(),
+        levels: Active::default(),
+        tenants: Active::default(),
+        background,
     };
     let mut inbox: Inbox = cfg.wiring.inbox();
     tracing::info!("preproc worker up ({} models)", worker.repository.models.len());
@@ -84,9 +105,20 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         } else {
             Duration::from_millis(500)
         };
-        if let Some((from, d)) = inbox.recv(Some(wait), cfg.spin) {
-            worker.handle(from, d);
+        while let Some((tenant, ns)) = worker.background.finished() {
+            worker.queue.charge(tenant, ns);
         }
+        // Everything that has arrived goes into the queue before the next
+        // job is chosen; with a job ready, only what is already there.
+        let ready = worker.ready(shm::now_ns());
+        let first = if ready { inbox.try_recv() } else { inbox.recv(Some(wait), cfg.spin) };
+        if let Some((from, d)) = first {
+            worker.take(from, d);
+            while let Some((from, d)) = inbox.try_recv() {
+                worker.take(from, d);
+            }
+        }
+        worker.run_next(shm::now_ns());
         if worker.engine.parked() > 0
             && let Some(gpu) = worker.peers.ready_gpu()
         {
@@ -108,21 +140,73 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
 }
 
 impl Worker {
-    fn handle(&mut self, from: ProcId, d: Descriptor) {
-        let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
+    /// Queues what arrived; a cancellation acts at once.
+    fn take(&mut self, from: ProcId, d: Descriptor) {
         if d.kind() == Some(Kind::Cancel) {
-            // The client left: forget the request's pipeline state, and drop its
-            // work if it reaches us later.
+            // The client left: forget the request's pipeline state and its
+            // queued work, and drop its work if it reaches us later.
+            let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
             self.engine.cancel(d.request_id);
             self.cancelled.insert(d.request_id, shm::now_ns());
-            return;
-        }
-        if self.cancelled.contains(d.request_id) {
-            if d.has_slot() {
-                drop(self.peers.pool().adopt(from, self.peers.me(), &d));
+            for (from, gone) in self.queue.remove(|(_, q)| q.request_id == d.request_id) {
+                self.drop_slot(from, &gone);
             }
             return;
         }
+        if self.cancelled.contains(d.request_id) {
+            return self.drop_slot(from, &d);
+        }
+        // The frontend resolved the level; pipeline sub-requests inherit it.
+        let (level, tenant, now) = (sched::level(d.priority, None), d.tenant as usize, shm::now_ns());
+        self.levels.note(level, now);
+        self.tenants.note(tenant, now);
+        self.queue.push(level, tenant, (from, d));
+    }
+
+    /// Whether the next job goes to the background thread: an image job
+    /// (the bulk of the CPU) below a level that is active, or of a tenant
+    /// ahead of its share while one behind it is active.
+    fn for_background(&self, level: u8, tenant: usize, d: &Descriptor, now_ns: u64) -> bool {
+        d.kind() == Some(Kind::Images)
+            && !self.engine.is_pipeline(d.model)
+            && (self.levels.above(level, now_ns) || self.queue.ahead(tenant, self.tenants.active(now_ns)))
+    }
+
+    /// Whether a job can start now: one is queued, and it does not wait for
+    /// the background thread.
+    fn ready(&self, now_ns: u64) -> bool {
+        self.queue.peek().is_some_and(|(level, tenant, (_, d))| {
+            !(self.background.is_busy() && self.for_background(level, tenant, d, now_ns))
+        })
+    }
+
+    /// Runs the next job, or hands it to the background thread.
+    fn run_next(&mut self, now_ns: u64) {
+        if !self.ready(now_ns) {
+            return;
+        }
+        let Some((level, tenant, (from, d))) = self.queue.pop() else { return };
+        let (from, d) = match self.for_background(level, tenant, &d, now_ns) {
+            true => match self.background.run(from, d, tenant) {
+                Ok(()) => return,
+                Err(back) => back,
+            },
+            false => (from, d),
+        };
+        let started = Instant::now();
+        self.handle(from, d);
+        self.queue.charge(tenant, started.elapsed().as_nanos() as f64);
+    }
+
+    /// Frees the slot a descriptor handed us, if it carries one.
+    fn drop_slot(&self, from: ProcId, d: &Descriptor) {
+        if d.has_slot() {
+            drop(self.peers.pool().adopt(from, self.peers.me(), d));
+        }
+    }
+
+    fn handle(&mut self, from: ProcId, d: Descriptor) {
+        let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
         let Worker { peers, repository, tensorize, engine, .. } = self;
         let result = match d.kind() {
             Some(Kind::Images) if engine.is_pipeline(d.model) => start_pipeline(peers, engine, from, &d),
@@ -134,10 +218,7 @@ impl Worker {
             other => {
                 // A buggy peer; free the slot if it really is ours and move on.
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
-                if d.has_slot() {
-                    drop(peers.pool().adopt(from, peers.me(), &d));
-                }
-                return;
+                return self.drop_slot(from, &d);
             }
         };
         if let Err(f) = result {

@@ -10,9 +10,11 @@
 //! rows of a batch), and every rule here is unit-tested with made-up costs.
 #![forbid(unsafe_code)]
 
+mod active;
 mod fair;
 mod queue;
 
+pub use active::{ACTIVE_NS, Active};
 pub use fair::Fairness;
 pub use queue::FairQueue;
 

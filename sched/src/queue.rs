@@ -47,18 +47,29 @@ impl<T> FairQueue<T> {
         self.levels.entry(level).or_default().entry(tenant).or_default().push_back(item);
     }
 
+    /// The tenant served next at a level: the one furthest behind its share.
+    fn tenant_at(&self, tenants: &BTreeMap<usize, VecDeque<T>>) -> usize {
+        *tenants
+            .keys()
+            .min_by(|a, b| self.fair.key(**a).total_cmp(&self.fair.key(**b)).then(a.cmp(b)))
+            .expect("a level with no tenants is removed; this is a bug")
+    }
+
+    /// What [`FairQueue::pop`] would return, left in place.
+    pub fn peek(&self) -> Option<(u8, usize, &T)> {
+        let (&level, tenants) = self.levels.first_key_value()?;
+        let tenant = self.tenant_at(tenants);
+        Some((level, tenant, tenants[&tenant].front().expect("an empty tenant queue is removed; this is a bug")))
+    }
+
     /// The next item: from the highest level with any, the tenant furthest
     /// behind its share, its oldest. The caller reports what serving it cost
     /// with [`FairQueue::charge`].
     pub fn pop(&mut self) -> Option<(u8, usize, T)> {
-        let mut entry = self.levels.first_entry()?;
-        let level = *entry.key();
+        let (&level, tenants) = self.levels.first_key_value()?;
+        let tenant = self.tenant_at(tenants);
+        let mut entry = self.levels.first_entry().expect("looked at above");
         let tenants = entry.get_mut();
-        let fair = &self.fair;
-        let tenant = *tenants
-            .keys()
-            .min_by(|a, b| fair.key(**a).total_cmp(&fair.key(**b)).then(a.cmp(b)))
-            .expect("a level with no tenants is removed; this is a bug");
         let fifo = tenants.get_mut(&tenant).expect("key just found");
         let item = fifo.pop_front().expect("an empty tenant queue is removed; this is a bug");
         if fifo.is_empty() {
@@ -71,6 +82,13 @@ impl<T> FairQueue<T> {
         self.len -= 1;
         self.fair.serve(tenant);
         Some((level, tenant, item))
+    }
+
+    /// Whether `tenant` has had more than its share: one of `others` (the
+    /// other tenants with work lately) is behind it.
+    pub fn ahead(&self, tenant: usize, others: impl IntoIterator<Item = usize>) -> bool {
+        let mine = self.fair.key(tenant);
+        others.into_iter().any(|t| t != tenant && self.fair.key(t) < mine)
     }
 
     /// What serving one of the tenant's items cost.
@@ -103,7 +121,10 @@ mod tests {
 
     fn drain(q: &mut FairQueue<u32>) -> Vec<u32> {
         std::iter::from_fn(|| {
-            q.pop().map(|(_, t, item)| {
+            let peeked = q.peek().map(|(l, t, &i)| (l, t, i));
+            let popped = q.pop();
+            assert_eq!(peeked, popped, "peek shows what pop takes");
+            popped.map(|(_, t, item)| {
                 q.charge(t, 1.0);
                 item
             })
@@ -145,6 +166,17 @@ mod tests {
         }
         let first: Vec<bool> = drain(&mut q).iter().take(30).map(|&i| i < 100).collect();
         assert_eq!(first.iter().filter(|&&zero| zero).count(), 20, "{first:?}");
+    }
+
+    #[test]
+    fn a_tenant_served_more_is_ahead_of_one_served_less() {
+        let mut q = FairQueue::new(&[1, 1]);
+        q.push(1, 0, 1);
+        q.pop();
+        q.charge(0, 10.0);
+        assert!(q.ahead(0, [0, 1]));
+        assert!(!q.ahead(1, [0, 1]));
+        assert!(!q.ahead(0, [0]), "alone, no one is behind it");
     }
 
     #[test]

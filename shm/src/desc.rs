@@ -114,13 +114,19 @@ pub struct Descriptor {
     pub rows: u32,
     /// Process that receives the model's outputs.
     pub reply_to: u16,
-    /// Request priority: 0 = model default, 1 = highest (Triton's convention).
+    /// The level the request waits at everywhere: 1 is served first. The
+    /// frontend resolves it from the request's priority and the model's
+    /// config (`ModelConfig::level`); pipeline sub-requests inherit it.
     pub priority: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
     /// Kind-specific word (reserved for pipeline steps).
     pub aux: u64,
-    pub _reserved: u64,
+    /// The model the client asked for (a pipeline's sub-requests keep their
+    /// pipeline's): whose share of the workers this request's work counts
+    /// against when models are served by weight.
+    pub tenant: u16,
+    pub _reserved: [u16; 3],
 }
 
 const _: () = assert!(std::mem::size_of::<Descriptor>() == 64);

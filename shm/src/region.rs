@@ -13,7 +13,7 @@ use crate::{ProcId, ShmError};
 /// "HSERVE" plus two format bytes, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HSERVE\x00\x01");
 /// Bumped whenever the layout or a cross-process record changes shape.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

@@ -19,7 +19,9 @@ use crate::v2;
 pub struct Request {
     /// The model's index in the repository (the adapter resolved it).
     pub model: u16,
-    pub params: RequestParams,
+    /// What the adapter read of the client's priority and timeout, or why
+    /// it could not: refused after admission, as a malformed body is.
+    pub params: Result<RequestParams, ApiError>,
     /// What the adapter made of the request's description (its headers), or
     /// why it could not: refused after admission, as a malformed body is.
     pub payload: Result<Payload, ApiError>,
@@ -69,7 +71,7 @@ async fn answer<S: BodySource, R>(
     let Request { model: index, params, payload } = request;
     let model = &state.repository.models[index as usize];
     let mut permit = state.admission.admit(index, &model.name)?;
-    let payload = payload?;
+    let (payload, params) = (payload?, params?);
     let limit = state.limits.max_body_bytes;
     if let Some(n) = payload.len {
         if n > limit {

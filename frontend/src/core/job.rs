@@ -46,7 +46,9 @@ impl Job {
             model,
             deadline_ns: shm::now_ns().saturating_add(timeout.as_nanos() as u64),
             timeout,
-            priority: params.priority.map(|p| p.min(255) as u8).unwrap_or(0),
+            // Triton's convention (1 the highest, 0 the model's default),
+            // resolved once here: every stage after reads the level as is.
+            priority: config.config.level(params.priority.unwrap_or(0)),
         }
     }
 
@@ -74,6 +76,7 @@ impl Job {
             rows,
             reply_to: ProcId::FRONTEND.0,
             priority: self.priority,
+            tenant: self.model,
             flags,
             ..Default::default()
         }

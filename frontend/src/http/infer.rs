@@ -17,12 +17,36 @@ pub const HEADER_LEN: &str = "inference-header-content-length";
 
 pub async fn infer<B: BodySource>(state: &State, index: u16, model: &Model, req: Request<B>) -> Resp {
     let (parts, mut body) = req.into_parts();
-    let request = core::Request { model: index, params: RequestParams::default(), payload: payload(&parts.headers) };
+    let params = query_params(parts.uri.query());
+    let request = core::Request { model: index, params, payload: payload(&parts.headers) };
     match core::infer(state, request, &mut body, |answer| respond(model, answer)).await {
         Ok(resp) => resp,
         // Logged by the core, in the request's span.
         Err(e) => response::error(&e),
     }
+}
+
+/// `?priority=N&timeout=US`: the request parameters of a plain image or
+/// frame POST, which has no JSON to carry them (so `ab` and `wrk` can set
+/// them in the URL). A v2 request's own `parameters` take precedence. Other
+/// query parameters are ignored.
+fn query_params(query: Option<&str>) -> Result<RequestParams, ApiError> {
+    let mut params = RequestParams::default();
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "priority" => &mut params.priority,
+            "timeout" => &mut params.timeout_us,
+            _ => continue,
+        };
+        *slot = Some(value.parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "query parameter {key}={value:?} is not a whole number; accepted: priority=N (1 is the highest), \
+                 timeout=MICROSECONDS"
+            ))
+        })?);
+    }
+    Ok(params)
 }
 
 fn payload(headers: &HeaderMap) -> Result<Payload, ApiError> {
@@ -55,4 +79,21 @@ fn respond(model: &Model, answer: Answer) -> Result<Resp, ApiError> {
         h.insert(HEADER_LEN, HeaderValue::from(n));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_and_timeout_come_from_the_query() {
+        let p = query_params(Some("priority=1&timeout=50000&x=y")).unwrap();
+        assert_eq!(p, RequestParams { priority: Some(1), timeout_us: Some(50000) });
+        assert_eq!(query_params(None).unwrap(), RequestParams::default());
+        assert_eq!(query_params(Some("")).unwrap(), RequestParams::default());
+        let e = query_params(Some("priority=high")).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.message().contains("priority=\"high\"") && e.message().contains("timeout=MICROSECONDS"), "{e:?}");
+        assert!(query_params(Some("timeout=-1")).is_err());
+    }
 }

@@ -49,9 +49,11 @@ fn higher_priority_goes_first_and_zero_goes_last() {
 }
 
 #[test]
-fn lower_levels_fill_a_batch_after_higher_ones() {
-    let mut s = state([req(0, 1, 0, 0), Pending { priority: 1, ..req(1, 1, 0, 0) }]);
-    assert_eq!(ids(s.next_batch(&limits(4, &[], 0), 0)), [1, 0]);
+fn levels_never_share_a_batch() {
+    let mut s = state([req(0, 1, 0, 0), Pending { priority: 1, ..req(1, 1, 0, 0) }, req(2, 1, 0, 0)]);
+    let l = limits(4, &[], 0);
+    assert_eq!(ids(s.next_batch(&l, 0)), [1], "the live request runs without the bulk ones");
+    assert_eq!(ids(s.next_batch(&l, 0)), [0, 2]);
 }
 
 #[test]
@@ -281,6 +283,7 @@ fn random_run(seed: u64, seen: &mut Seen) {
                         assert!(rows <= 8 || batch.len() == 1, "seed {seed}: {rows} rows in one batch");
                         for p in &batch {
                             assert_eq!(p.shape_key, batch[0].shape_key, "seed {seed}: mixed keys");
+                            assert_eq!(rank(p.priority), rank(batch[0].priority), "seed {seed}: mixed levels");
                             assert!(!p.expired(now), "seed {seed}: expired request ran");
                             let k = (rank(p.priority), p.shape_key);
                             if let Some(&prev) = last_run.get(&k) {

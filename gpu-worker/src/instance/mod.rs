@@ -47,8 +47,9 @@ pub enum InstanceCommand {
 /// What an instance tells the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceEvent {
-    /// `instance` of model `model` finished its batch and takes another.
-    Free { model: usize, instance: usize },
+    /// `instance` of model `model` finished its batch, which kept it busy
+    /// `busy_ns`, and takes another.
+    Free { model: usize, instance: usize, busy_ns: u64 },
 }
 
 /// Fault injection for the test suite: when this variable names a file that
@@ -116,12 +117,14 @@ pub fn run(inst: Instance, backend: Box<dyn Backend>, gpu: Option<Gpu>, commands
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         };
+        let started = Instant::now();
         match command {
             InstanceCommand::Run(batch) => r.run_batch(batch, fault.as_deref()),
         }
         r.parked.retry(&r.inst.peers);
         // Tell the scheduler this instance is free, and wake it if it sleeps.
-        let free = InstanceEvent::Free { model: r.inst.model_index, instance: r.inst.instance };
+        let busy_ns = started.elapsed().as_nanos() as u64;
+        let free = InstanceEvent::Free { model: r.inst.model_index, instance: r.inst.instance, busy_ns };
         if r.inst.events.send(free).is_err() {
             break;
         }

@@ -67,7 +67,8 @@ impl Scheduler {
         models: Vec<ModelQueue>,
         budget: usize,
     ) -> Scheduler {
-        let turns = Turns::new(budget, models.iter().map(|m| m.instances.len()));
+        let weights: Vec<u32> = repo.models.iter().map(|m| m.config.weight).collect();
+        let turns = Turns::new(budget, models.iter().map(|m| m.instances.len()), &weights);
         Scheduler { repo, peers, gpu, models, turns, cancelled: Recent::default(), next_prune: 0 }
     }
 
@@ -110,14 +111,20 @@ impl Scheduler {
                 .and_then(|metas| check_inputs(model, &metas).map(|(rows, key)| (metas, rows, key)))
         };
         match checked {
-            Ok((inputs, rows, shape_key)) => self.models[d.model as usize].state.push(Pending {
-                item: Item { desc: d, slot, inputs, encoded, staged: None, span: span.clone() },
-                rows,
-                shape_key,
-                arrived_ns: shm::now_ns(),
-                deadline_ns: d.deadline_ns,
-                priority: d.priority,
-            }),
+            Ok((inputs, rows, shape_key)) => {
+                let now = shm::now_ns();
+                let p = Pending {
+                    item: Item { desc: d, slot, inputs, encoded, staged: None, span: span.clone() },
+                    rows,
+                    shape_key,
+                    arrived_ns: now,
+                    deadline_ns: d.deadline_ns,
+                    priority: d.priority,
+                };
+                let level = Head::of(&p, 0).level;
+                self.turns.arrived(d.model as usize, level, d.tenant as usize, now);
+                self.models[d.model as usize].state.push(p);
+            }
             Err(message) => peers.fail(&d, Some(slot), Status::InvalidInput, &message),
         }
     }
@@ -144,7 +151,7 @@ impl Scheduler {
     /// What an instance reported.
     pub fn on_event(&mut self, event: InstanceEvent) {
         match event {
-            InstanceEvent::Free { model, instance } => self.turns.free(model, instance),
+            InstanceEvent::Free { model, instance, busy_ns } => self.turns.free(model, instance, busy_ns),
         }
     }
 
@@ -164,20 +171,21 @@ impl Scheduler {
     /// Backends that outnumber the cores only slow each other down (on the
     /// 2-core reference VM, OCR used ~12% more CPU per image with four model
     /// threads than with two), so a budget caps them. When several models have
-    /// work, the one whose next request has the earliest deadline goes first
-    /// ([`turns`]).
+    /// work, [`turns`] decides whose turn it is: by level, then by the
+    /// tenants' weighted shares, then by deadline.
     pub fn dispatch(&mut self, now: u64) -> Option<u64> {
         let mut wake: Option<u64> = None;
         self.turns.begin_round();
-        while let Some(i) = self.turns.next(|i| self.models[i].state.head().map(Head::of)) {
+        let head = |m: &ModelQueue| m.state.head().map(|p| Head::of(p, p.item.desc.tenant as usize));
+        while let Some(i) = self.turns.next(now, |i| head(&self.models[i])) {
             let m = &mut self.models[i];
             match m.state.next_batch(&m.limits, now) {
                 Next::Run(batch) => {
-                    let k = self.turns.start(i);
+                    let k = self.turns.start(i, batch.iter().map(|p| (p.item.desc.tenant as usize, p.rows)).collect());
                     if let Err(mpsc::SendError(InstanceCommand::Run(batch))) =
                         m.instances[k].send(InstanceCommand::Run(batch))
                     {
-                        self.turns.lost();
+                        self.turns.lost(i, k);
                         for p in batch {
                             p.item.fail(&self.peers, Status::Backend, "the model instance stopped");
                         }

@@ -21,3 +21,29 @@ fn an_unknown_cpu_backend_is_refused_naming_those_accepted() {
     let err = ModelConfig::parse(&text, "config.toml").unwrap_err().to_string();
     assert!(err.contains("backend `torch` is not available; accepted: onnxruntime, tract"), "{err}");
 }
+
+#[test]
+fn levels_follow_triton_out_of_range_and_zero_take_the_default() {
+    let cfg = ModelConfig::parse(&format!("priority_levels = 3\ndefault_priority_level = 2\n{MINIMAL}"), "c").unwrap();
+    cfg.validate("m").unwrap();
+    assert_eq!([0, 1, 2, 3, 4, 300].map(|p| cfg.level(p)), [2, 1, 2, 3, 2, 2]);
+    // Without levels declared: as given, and 0 after every explicit level.
+    let plain = ModelConfig::parse(MINIMAL, "c").unwrap();
+    assert_eq!([0, 1, 7, 300].map(|p| plain.level(p)), [255, 1, 7, 255]);
+    assert_eq!(plain.weight, 1);
+}
+
+#[test]
+fn bad_scheduling_settings_are_refused_saying_what_is_accepted() {
+    for (text, says) in [
+        ("priority_levels = 2\n", "needs default_priority_level (1 to 2)"),
+        ("default_priority_level = 1\n", "needs priority_levels"),
+        ("priority_levels = 2\ndefault_priority_level = 3\n", "default_priority_level = 3; accepted: 1 to 2"),
+        ("priority_levels = 256\ndefault_priority_level = 1\n", "at most 255"),
+        ("weight = 0\n", "weight = 0; accepted: 1 to 1000"),
+    ] {
+        let cfg = ModelConfig::parse(&format!("{text}{MINIMAL}"), "c").unwrap();
+        let err = cfg.validate("m").unwrap_err().to_string();
+        assert!(err.contains(says), "{text}: {err}");
+    }
+}
