@@ -131,11 +131,10 @@ impl Turns {
             return true;
         }
         let last_slot = self.running + 1 >= self.budget;
-        let anywhere = self.seen.iter().any(|s| s.above(head.level, now_ns));
-        let here = self.seen[model].above(head.level, now_ns);
-        !(anywhere && last_slot)
-            && !(here && self.idle[model].len() < 2)
-            && !(last_slot && self.over_share(head.tenant, now_ns))
+        let kept_for_higher = last_slot && self.seen.iter().any(|s| s.above(head.level, now_ns));
+        let last_instance_kept = self.idle[model].len() < 2 && self.seen[model].above(head.level, now_ns);
+        let kept_for_tenant = last_slot && self.over_share(head.tenant, now_ns);
+        !(kept_for_higher || last_instance_kept || kept_for_tenant)
     }
 
     /// Whether `tenant` computes at least its weighted share of the budget
