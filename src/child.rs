@@ -120,6 +120,7 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                 max_body_bytes: cfg.server.max_body_bytes.0,
                 max_inflight: cfg.server.max_inflight as usize,
                 max_inflight_bytes: cfg.server.max_inflight_bytes.0,
+                priority_headroom: cfg.server.priority_headroom,
                 request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
                 header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),
                 body_timeout: Duration::from_millis(cfg.server.body_timeout_ms),

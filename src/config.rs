@@ -62,6 +62,10 @@ pub struct Server {
     pub max_body_bytes: ByteSize,
     pub max_inflight: u32,
     pub max_inflight_bytes: ByteSize,
+    /// Each priority level keeps this share of `max_inflight` and
+    /// `max_inflight_bytes` from every level below it.
+    #[serde(default = "headroom")]
+    pub priority_headroom: f64,
     pub request_timeout_ms: u64,
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
@@ -69,6 +73,10 @@ pub struct Server {
     /// A second port serving only `/metrics` (Triton uses 8002), on `host`.
     #[serde(default)]
     pub metrics_port: Option<u16>,
+}
+
+fn headroom() -> f64 {
+    0.1
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -259,6 +267,9 @@ impl Config {
         }
         if self.server.max_body_bytes.0 == 0 {
             bail!("server.max_body_bytes must be positive");
+        }
+        if !(0.0..=0.5).contains(&self.server.priority_headroom) {
+            bail!("server.priority_headroom = {}; 0 to 0.5 are accepted", self.server.priority_headroom);
         }
         if self.server.max_inflight_bytes.0 < self.server.max_body_bytes.0 {
             bail!(

@@ -20,6 +20,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// Admission is full: 429 with Retry-After.
     TooManyRequests(String),
+    /// The request's deadline cannot be met at the current load: 429, with
+    /// the seconds after which it could be.
+    WouldMissDeadline { message: String, retry_after_s: u64 },
     /// A worker failed: 500.
     Internal(String),
     /// Not ready, a worker died, or no room in shared memory: 503.
@@ -37,7 +40,7 @@ impl ApiError {
             ApiError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::WouldMissDeadline { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -55,7 +58,17 @@ impl ApiError {
             | ApiError::TooManyRequests(m)
             | ApiError::Internal(m)
             | ApiError::Unavailable(m)
-            | ApiError::Timeout(m) => m,
+            | ApiError::Timeout(m)
+            | ApiError::WouldMissDeadline { message: m, .. } => m,
+        }
+    }
+
+    /// When to retry, in seconds, for the answers that have one (429, 503).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::WouldMissDeadline { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::TooManyRequests(_) | ApiError::Unavailable(_) => Some(1),
+            _ => None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub max_body_bytes: u64,
     pub max_inflight: usize,
     pub max_inflight_bytes: u64,
+    /// See `server.priority_headroom`.
+    pub priority_headroom: f64,
     pub request_timeout: Duration,
     /// Bounds a client that sends its headers slowly.
     pub header_timeout: Duration,
@@ -91,6 +93,7 @@ pub fn run(
             max_body_bytes: cfg.max_body_bytes.min(usize::MAX as u64) as usize,
             max_inflight: cfg.max_inflight,
             max_inflight_bytes: cfg.max_inflight_bytes.min(usize::MAX as u64) as usize,
+            priority_headroom: cfg.priority_headroom,
             request_timeout: cfg.request_timeout,
             body_timeout: cfg.body_timeout,
         };

@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_inflight: usize,
     pub max_inflight_bytes: usize,
+    /// Each priority level keeps this share of the two limits above from
+    /// every level below it (`server.priority_headroom`).
+    pub priority_headroom: f64,
     /// A request's deadline when neither it nor its model names one.
     pub request_timeout: Duration,
     /// Bounds a client that sends its body slowly.
@@ -36,7 +39,12 @@ pub struct State {
 impl State {
     pub fn new(dispatch: Arc<Dispatch>, repository: Arc<Repository>, limits: Limits) -> State {
         State {
-            admission: Admission::new(limits.max_inflight, limits.max_inflight_bytes, &repository),
+            admission: Admission::new(
+                limits.max_inflight,
+                limits.max_inflight_bytes,
+                limits.priority_headroom,
+                &repository,
+            ),
             metrics: Metrics::new(repository.models.len()),
             dispatch,
             repository,
@@ -50,7 +58,7 @@ impl State {
             repository: &self.repository,
             counters: &self.metrics,
             region: self.dispatch.region(),
-            inflight_bytes: self.admission.inflight_bytes(),
+            admission: &self.admission,
             ready: self.dispatch.all_ready(),
         }
     }

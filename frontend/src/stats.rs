@@ -2,12 +2,15 @@
 //! the repository index, read from the counters the inference workers keep in
 //! shared memory: scraping never asks a worker anything.
 
+use std::collections::BTreeMap;
+
 use model_repo::Repository;
 use serde_json::{Value, json};
 use shm::Region;
 use shm::stats::{BATCH_BUCKETS, ModelStats, model_stats};
 
 use crate::error::ApiError;
+use crate::state::State;
 
 /// Sums a counter of `model` over every inference worker.
 pub fn sum(region: &Region, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
@@ -36,13 +39,37 @@ fn pipeline_steps(region: &Region, index: u16, p: &model_repo::Pipeline) -> Vec<
     out
 }
 
-fn one(repo: &Repository, region: &Region, index: u16) -> Value {
+/// Not in Triton's format: per priority level, requests in flight, answers
+/// (count and time from admission, queued and computing) and requests shed
+/// by reason.
+fn levels(state: &State, index: u16) -> Vec<Value> {
+    fn at(by_level: &mut BTreeMap<u8, Value>, level: u8) -> &mut Value {
+        by_level
+            .entry(level)
+            .or_insert_with(|| json!({ "level": level, "inflight": 0, "success": { "count": 0, "ns": 0 }, "shed": {} }))
+    }
+    let mut by_level = BTreeMap::new();
+    for (level, n) in state.admission.inflight_by_level(index) {
+        at(&mut by_level, level)["inflight"] = json!(n);
+    }
+    for (level, count, ns) in state.metrics.answered_by_level(index) {
+        at(&mut by_level, level)["success"] = json!({ "count": count, "ns": ns });
+    }
+    for ((level, why), n) in state.admission.shed(index) {
+        at(&mut by_level, level)["shed"][why.name()] = json!(n);
+    }
+    by_level.into_values().collect()
+}
+
+fn one(state: &State, index: u16) -> Value {
+    let (repo, region) = (&*state.repository, &**state.dispatch.region());
     let m = &repo.models[index as usize];
     if let Some(p) = &m.config.pipeline {
         return json!({
             "name": m.name,
             "version": m.latest().to_string(),
             "pipeline_steps": pipeline_steps(region, index, p),
+            "levels": levels(state, index),
         });
     }
     let get = |f: fn(&ModelStats) -> &std::sync::atomic::AtomicU64| sum(region, index, |s| ModelStats::get(f(s)));
@@ -82,14 +109,15 @@ fn one(repo: &Repository, region: &Region, index: u16) -> Value {
         "batch_stats": batch_stats,
         // Not in Triton's format: requests skipped because the client left.
         "cancel_count": get(|s| &s.cancel_count),
+        "levels": levels(state, index),
     })
 }
 
 /// `/v2/models/stats` (every model) or `/v2/models/<m>/stats` (`model`).
-pub fn render(repo: &Repository, region: &Region, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
+pub fn render(state: &State, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
     let stats: Vec<Value> = match model {
-        Some(i) => vec![one(repo, region, i)],
-        None => (0..repo.models.len() as u16).map(|i| one(repo, region, i)).collect(),
+        Some(i) => vec![one(state, i)],
+        None => (0..state.repository.models.len() as u16).map(|i| one(state, i)).collect(),
     };
     serde_json::to_vec(&json!({ "model_stats": stats })).map_err(|e| ApiError::Internal(e.to_string()))
 }

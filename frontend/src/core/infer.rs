@@ -70,7 +70,10 @@ async fn answer<S: BodySource, R>(
 ) -> Result<R, ApiError> {
     let Request { model: index, params, payload } = request;
     let model = &state.repository.models[index as usize];
-    let mut permit = state.admission.admit(index, &model.name)?;
+    // Refusals before the level is settled count at the one the adapter
+    // saw (a v2 body may name another).
+    let seen = params.as_ref().ok().and_then(|p| p.priority).unwrap_or(0);
+    let mut permit = state.admission.admit(index, &model.name, model.config.level(seen))?;
     let (payload, params) = (payload?, params?);
     let limit = state.limits.max_body_bytes;
     if let Some(n) = payload.len {
@@ -83,7 +86,7 @@ async fn answer<S: BodySource, R>(
     let mut body = Timed::new(body, state.limits.body_timeout);
     let work = match Reading::of(state, model, &payload, &mut permit)? {
         Reading::Slot(image) => {
-            let job = Job::new(state, model, index, params);
+            let job = Job::new(state, model, index, params, &mut permit)?;
             let mut work = Work::image(state, job, model, image)?;
             // Straight into the slot: the only copy of the bytes on this side.
             body.read_exact(work.body()).await?;
@@ -112,13 +115,13 @@ async fn answer<S: BodySource, R>(
                         priority: request.priority.or(params.priority),
                         timeout_us: request.timeout_us.or(params.timeout_us),
                     };
-                    let job = Job::new(state, model, index, params);
+                    let job = Job::new(state, model, index, params, &mut permit)?;
                     Work::tensors(state, job, model, request, &raw)?
                 }
                 // An image sent without its length, or without a Content-Type.
                 None => {
                     let image = ImageLayout::image(model, raw.len())?;
-                    let job = Job::new(state, model, index, params);
+                    let job = Job::new(state, model, index, params, &mut permit)?;
                     let mut work = Work::image(state, job, model, image)?;
                     work.body().copy_from_slice(&raw);
                     work

@@ -1,11 +1,12 @@
 //! A request on its way to the workers: its id, deadline and priority, the
 //! slot and descriptor that carry it, and the wait for its answer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use model_repo::Model;
 use shm::{Descriptor, Kind, ProcId, Slot};
 
+use crate::admission::Permit;
 use crate::dispatch::{Completion, Target};
 use crate::error::ApiError;
 use crate::state::State;
@@ -27,12 +28,23 @@ pub struct Job {
     deadline_ns: u64,
     timeout: Duration,
     priority: u8,
+    /// Requests of its model at its level or above in flight when it was
+    /// admitted, and when that was: what admission's forecast learns from.
+    ahead: u32,
+    admitted: Instant,
 }
 
 impl Job {
     /// Gives the request its id (recorded in the current span, the
-    /// request's) and its deadline.
-    pub fn new(state: &State, config: &Model, model: u16, params: RequestParams) -> Job {
+    /// request's), its level and its deadline, and admits it at that level
+    /// ([`crate::admission::Admission::enter`]).
+    pub fn new(
+        state: &State,
+        config: &Model,
+        model: u16,
+        params: RequestParams,
+        permit: &mut Permit,
+    ) -> Result<Job, ApiError> {
         // The request's `timeout`, else the model's default, else the server's.
         let timeout = params
             .timeout_us
@@ -41,15 +53,19 @@ impl Job {
             .unwrap_or(state.limits.request_timeout);
         let id = state.dispatch.new_id();
         tracing::Span::current().record("request_id", id);
-        Job {
+        // Triton's convention (1 the highest, 0 the model's default),
+        // resolved once here: every stage after reads the level as is.
+        let priority = config.config.level(params.priority.unwrap_or(0));
+        let ahead = state.admission.enter(permit, priority, timeout)?;
+        Ok(Job {
             id,
             model,
             deadline_ns: shm::now_ns().saturating_add(timeout.as_nanos() as u64),
             timeout,
-            // Triton's convention (1 the highest, 0 the model's default),
-            // resolved once here: every stage after reads the level as is.
-            priority: config.config.level(params.priority.unwrap_or(0)),
-        }
+            priority,
+            ahead,
+            admitted: Instant::now(),
+        })
     }
 
     /// A slot for `len` bytes of request data: 413 if no slot class could
@@ -96,7 +112,12 @@ impl Job {
         // A little grace beyond the deadline: a worker that drops an expired
         // request answers with a timeout error, which is more precise.
         match tokio::time::timeout(self.timeout + Duration::from_secs(1), ticket.wait()).await {
-            Ok(Completion::Done { desc, slot }) => Ok((desc, slot)),
+            Ok(Completion::Done { desc, slot }) => {
+                let took = self.admitted.elapsed();
+                state.admission.learn(self.model, self.ahead, took);
+                state.metrics.answered(self.model, self.priority, took);
+                Ok((desc, slot))
+            }
             Ok(Completion::Failed(e)) => Err(e),
             Err(_) => Err(ApiError::Timeout(format!(
                 "the request did not complete within {:?} (parameter `timeout` in microseconds, or server.request_timeout_ms)",

@@ -31,13 +31,12 @@ pub fn metrics(text: String) -> Resp {
     with_type(text, "text/plain; version=0.0.4; charset=utf-8")
 }
 
-/// 429 and 503 say when to retry (Retry-After: 1).
+/// 429 and 503 say when to retry (Retry-After).
 pub fn error(e: &ApiError) -> Resp {
-    let status = e.status();
     let mut resp = json(v2::error_body(e.message()));
-    *resp.status_mut() = status;
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    *resp.status_mut() = e.status();
+    if let Some(s) = e.retry_after() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     resp
 }
@@ -52,6 +51,8 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(r.headers()["content-type"], "application/json");
+        let r = error(&ApiError::WouldMissDeadline { message: "late".into(), retry_after_s: 3 });
+        assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (429, "3"));
         let r = error(&ApiError::BadRequest("bad".into()));
         assert_eq!(r.status(), 400);
         assert!(!r.headers().contains_key("retry-after"));

@@ -56,10 +56,9 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let get = method == Method::GET || method == Method::HEAD;
     let wrong = || ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
-    let (repo, region) = (&state.repository, state.dispatch.region());
     match segs.as_slice() {
         ["v2", "models", "stats"] => match get {
-            true => Ok(response::json(stats::render(repo, region, None)?)),
+            true => Ok(response::json(stats::render(state, None)?)),
             false => Err(wrong()),
         },
         ["metrics"] if get => Ok(metrics_text(state)),
@@ -67,7 +66,7 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
         ["v2", "health", "live"] if get => Ok(response::empty(StatusCode::OK)),
         ["v2", "health", "ready"] if get => Ok(readiness(state)),
         ["v2", "repository", "index"] if method == Method::POST => {
-            Ok(response::json(stats::repository_index(repo, state.dispatch.all_ready())))
+            Ok(response::json(stats::repository_index(&state.repository, state.dispatch.all_ready())))
         }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
@@ -78,7 +77,7 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
             match rest {
                 [] if get => Ok(response::json(v2::model_metadata(model))),
                 ["ready"] if get => Ok(readiness(state)),
-                ["stats"] if get => Ok(response::json(stats::render(repo, region, Some(index))?)),
+                ["stats"] if get => Ok(response::json(stats::render(state, Some(index))?)),
                 ["config"] if get => Ok(response::json(v2::model_config(model))),
                 ["infer"] if method == Method::POST => Ok(infer::infer(state, index, model, req).await),
                 [] | ["ready"] | ["stats"] | ["config"] | ["infer"] => Err(wrong()),

@@ -2,8 +2,9 @@
 //! `receive` and `total` stages, requests in flight. Bumped on the request
 //! path (relaxed atomics only) and read by the renderers beside this file.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use shm::stats::Histogram;
@@ -23,6 +24,9 @@ pub(super) struct ModelCounters {
     inflight: AtomicI64,
     pub(super) receive: Histogram,
     pub(super) total: Histogram,
+    /// Per level, from admission to the answer of successful requests: the
+    /// time spent queued and computing. Made on a level's first answer.
+    pub(super) levels: Vec<OnceLock<Box<Histogram>>>,
 }
 
 impl ModelCounters {
@@ -46,9 +50,32 @@ impl Metrics {
     pub fn new(models: usize) -> Metrics {
         Metrics {
             models: (0..models)
-                .map(|_| ModelCounters { codes: (100..600).map(|_| AtomicU64::new(0)).collect(), ..Default::default() })
+                .map(|_| ModelCounters {
+                    codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+                    levels: (0..=255).map(|_| OnceLock::new()).collect(),
+                    ..Default::default()
+                })
                 .collect(),
         }
+    }
+
+    /// Per level with answers: how many, and their total nanoseconds from
+    /// admission.
+    pub fn answered_by_level(&self, model: u16) -> Vec<(u8, u64, u64)> {
+        let levels = &self.models[model as usize].levels;
+        (0..=255u8)
+            .filter_map(|l| levels[l as usize].get().map(|h| (l, h)))
+            .map(|(l, h)| {
+                let mut acc = ([0u64; shm::stats::HIST_BUCKETS], 0u64);
+                h.add_to(&mut acc);
+                (l, acc.0.iter().sum(), acc.1)
+            })
+            .collect()
+    }
+
+    /// A request of `model` at `level` was answered `took` after admission.
+    pub fn answered(&self, model: u16, level: u8, took: Duration) {
+        self.models[model as usize].levels[level as usize].get_or_init(Box::default).observe(took);
     }
 
     /// Starts tracking one inference request of `model`.

@@ -13,9 +13,12 @@
 //!
 //! One file per family group, rendered in this order: `triton` (`nv_*`),
 //! `stages` (stage, batch and pipeline-step histograms), `serving`
-//! (outcomes, in flight, ready), `rings` (shared memory), `process`.
+//! (outcomes, in flight, ready), `levels` (by priority level: in flight,
+//! time to answer, requests shed by reason), `rings` (shared memory),
+//! `process`.
 
 mod counters;
+mod levels;
 mod process;
 mod procfs;
 mod rings;
@@ -28,6 +31,8 @@ use std::sync::Arc;
 
 use model_repo::Repository;
 use shm::Region;
+
+use crate::admission::Admission;
 use shm::stats::{HIST_BUCKETS, LATENCY_BOUNDS_US};
 
 use counters::ModelCounters;
@@ -38,8 +43,7 @@ pub struct Scrape<'a> {
     pub repository: &'a Repository,
     pub counters: &'a Metrics,
     pub region: &'a Arc<Region>,
-    /// Request body bytes in flight (admission).
-    pub inflight_bytes: u64,
+    pub admission: &'a Admission,
     pub ready: bool,
 }
 
@@ -67,6 +71,7 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     triton::render(&mut out, &models, scrape.region);
     stages::render(&mut out, &models, scrape.repository, scrape.region);
     serving::render(&mut out, &models, scrape);
+    levels::render(&mut out, &models, scrape.admission);
     rings::render(&mut out, scrape.region);
     process::render(&mut out, scrape.region);
     out.text

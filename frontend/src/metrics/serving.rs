@@ -36,7 +36,7 @@ pub(super) fn render(out: &mut Out, models: &[Labelled<'_>], scrape: &Scrape<'_>
         out.sample("highserve_inflight_requests", &m.labels, m.counters.inflight());
     }
     out.family("highserve_inflight_bytes", "gauge", "Request body bytes in flight (admission)");
-    out.sample("highserve_inflight_bytes", "", scrape.inflight_bytes);
+    out.sample("highserve_inflight_bytes", "", scrape.admission.inflight_bytes());
     out.family("highserve_ready", "gauge", "1 when every process is ready to serve");
     out.sample("highserve_ready", "", u8::from(scrape.ready));
 }

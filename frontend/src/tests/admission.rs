@@ -23,7 +23,7 @@ async fn requests_beyond_max_inflight_are_shed_and_counted() {
 async fn a_model_limit_sheds_that_model_only() {
     let h = Harness::new(limits());
     // `add` takes one request at a time (max_inflight = 1 in its config).
-    let held = h.state.admission.admit(0, "add").unwrap();
+    let held = h.state.admission.admit(0, "add", u8::MAX).unwrap();
     let r = h.call(Method::POST, "/v2/models/add/infer", &[], ADD_JSON).await;
     assert_eq!(r.status, 429);
     assert_eq!(
@@ -82,4 +82,18 @@ async fn bodies_over_the_limit_are_refused_before_reading() {
         r.error(),
         "a 20x20 NV12 frame is 600 bytes; the body limit is 100 (config: server.max_body_bytes; NV12 is half the size of RGB)"
     );
+}
+
+#[tokio::test]
+async fn requests_shed_are_counted_by_level_and_reason() {
+    let h = Harness::new(Limits { max_inflight: 0, ..limits() });
+    let r = h.call(Method::POST, "/v2/models/add/infer?priority=1", &[], ADD_JSON).await;
+    assert_eq!(r.status, 429);
+    let metrics = h.metrics();
+    let line = "highserve_shed_total{model=\"add\",version=\"1\",level=\"1\",reason=\"max_inflight\"} 1\n";
+    assert!(metrics.contains(line), "{metrics}");
+    let stats = h.get("/v2/models/add/stats").await.json();
+    assert_eq!(stats["model_stats"][0]["levels"][0]["shed"]["max_inflight"], 1, "{stats}");
+    let r = h.call(Method::POST, "/v2/models/add/infer?priority=first", &[], ADD_JSON).await;
+    assert_eq!(r.status, 429, "admission comes first, as for a malformed body");
 }

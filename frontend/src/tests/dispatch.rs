@@ -138,3 +138,31 @@ async fn nothing_is_sent_to_a_worker_that_is_down() {
     let metrics = h.metrics();
     assert!(metrics.contains("highserve_shm_slots_in_use{size=\"65536\"} 0\n"), "slots given back: {metrics}");
 }
+
+#[tokio::test]
+async fn the_level_and_tenant_reach_the_worker() {
+    let h = Harness::new(limits());
+    let gpu = worker(&h, h.topology().gpu(0), 3, |d, slot| add_one(d, slot));
+    let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":{"priority":2}}"#;
+    for (uri, body) in [
+        // From the query, as a plain image or frame POST carries it.
+        ("/v2/models/add/infer?priority=1", ADD_JSON),
+        // None asked for: after every explicit level (`add` declares none).
+        ("/v2/models/add/infer", ADD_JSON),
+        // A v2 request's own parameter wins over the query.
+        ("/v2/models/add/infer?priority=1", &body[..]),
+    ] {
+        let r = h.call(Method::POST, uri, &[], body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seen: Vec<(u8, u16)> = gpu.join().unwrap().iter().map(|(d, _)| (d.priority, d.tenant)).collect();
+    assert_eq!(seen, [(1, 0), (255, 0), (2, 0)]);
+    let stats = h.get("/v2/models/add/stats").await.json();
+    let levels: Vec<(u64, u64)> = stats["model_stats"][0]["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["level"].as_u64().unwrap(), l["success"]["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(levels, [(1, 1), (2, 1), (255, 1)]);
+}

@@ -52,6 +52,7 @@ pub fn limits() -> Limits {
         max_body_bytes: 1 << 20,
         max_inflight: 64,
         max_inflight_bytes: 16 << 20,
+        priority_headroom: 0.1,
         request_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
     }
