@@ -142,7 +142,7 @@ async fn nothing_is_sent_to_a_worker_that_is_down() {
 #[tokio::test]
 async fn the_level_and_tenant_reach_the_worker() {
     let h = Harness::new(limits());
-    let gpu = worker(&h, h.topology().gpu(0), 3, |d, slot| add_one(d, slot));
+    let gpu = worker(&h, h.topology().gpu(0), 3, add_one);
     let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":{"priority":2}}"#;
     for (uri, body) in [
         // From the query, as a plain image or frame POST carries it.
