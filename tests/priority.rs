@@ -33,35 +33,33 @@ fn inflight_at(d: &Daemon, level: u8) -> f64 {
     metric(d, &format!("highserve_level_inflight_requests{{model=\"ppocr_cls\",version=\"1\",level=\"{level}\"}} "))
 }
 
+/// Posts `image` at `priority` on a thread; the thread returns the answer's
+/// place in `order`.
+fn post_in_thread(
+    d: &Daemon,
+    image: &Arc<Vec<u8>>,
+    priority: u8,
+    order: &Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<usize> {
+    let (addr, image, order) = (d.addr.clone(), image.clone(), order.clone());
+    std::thread::spawn(move || {
+        let ctype = [("Content-Type", "image/jpeg")];
+        let r = common::request(&addr, "POST", &format!("{CLS}?priority={priority}"), &ctype, &image);
+        assert_eq!(r.status, 200, "{}", r.text());
+        order.fetch_add(1, Ordering::SeqCst)
+    })
+}
+
 #[test]
 fn live_requests_queued_behind_bulk_ones_are_answered_first() {
     let d = Daemon::start(&["--load", "ppocr_cls"]);
     let image = Arc::new(testdata("photo_1280x720.jpg"));
-    let ctype = [("Content-Type", "image/jpeg")];
     // Completion order: each answer takes the next number.
     let order = Arc::new(AtomicUsize::new(0));
-    let bulk: Vec<_> = (0..96)
-        .map(|_| {
-            let (addr, image, order) = (d.addr.clone(), image.clone(), order.clone());
-            std::thread::spawn(move || {
-                let r = common::request(&addr, "POST", &format!("{CLS}?priority=2"), &ctype, &image);
-                assert_eq!(r.status, 200, "{}", r.text());
-                order.fetch_add(1, Ordering::SeqCst)
-            })
-        })
-        .collect();
+    let bulk: Vec<_> = (0..96).map(|_| post_in_thread(&d, &image, 2, &order)).collect();
     // Live requests arrive once most of the bulk ones wait in the daemon.
     wait_for("64 bulk requests in flight", &d, || inflight_at(&d, 2) >= 64.0);
-    let live: Vec<_> = (0..4)
-        .map(|_| {
-            let (addr, image, order) = (d.addr.clone(), image.clone(), order.clone());
-            std::thread::spawn(move || {
-                let r = common::request(&addr, "POST", &format!("{CLS}?priority=1"), &ctype, &image);
-                assert_eq!(r.status, 200, "{}", r.text());
-                order.fetch_add(1, Ordering::SeqCst)
-            })
-        })
-        .collect();
+    let live: Vec<_> = (0..4).map(|_| post_in_thread(&d, &image, 1, &order)).collect();
     let last_live = live.into_iter().map(|t| t.join().unwrap()).max().unwrap();
     let bulk_done: Vec<usize> = bulk.into_iter().map(|t| t.join().unwrap()).collect();
     let after = bulk_done.iter().filter(|&&n| n > last_live).count();

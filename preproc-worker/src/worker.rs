@@ -62,7 +62,8 @@ struct Worker {
     /// The levels and the tenants that had work lately.
     levels: Active<u8>,
     tenants: Active<usize>,
-    /// Where image jobs below the highest active level run.
+    /// Where image jobs below an active level, or of a tenant ahead of its
+    /// share, run (at a lower OS priority).
     background: Background,
 }
 
