@@ -7,16 +7,10 @@ use std::collections::BTreeMap;
 use model_repo::Repository;
 use serde_json::{Value, json};
 use shm::Region;
-use shm::stats::{BATCH_BUCKETS, ModelStats, model_stats};
+use shm::stats::{BATCH_BUCKETS, ModelStats, sum};
 
 use crate::error::ApiError;
 use crate::state::State;
-
-/// Sums a counter of `model` over every inference worker.
-pub fn sum(region: &Region, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
-    let gpus = region.layout().topology().gpus;
-    (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
-}
 
 /// A pipeline's time per step (CPU time for CPU steps; send-to-answer time,
 /// queueing included, for model steps), summed over the preproc workers.

@@ -117,6 +117,12 @@ pub fn model_stats(region: &Region, gpu: u16, model: u16) -> Option<&ModelStats>
     Some(unsafe { &*(ptr as *const ModelStats) })
 }
 
+/// Sums a counter of `model` over every inference worker.
+pub fn sum(region: &Region, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
+    let gpus = region.layout().topology().gpus;
+    (0..gpus).filter_map(|g| model_stats(region, g, model)).map(f).sum()
+}
+
 /// Upper bounds of the latency histogram buckets, in microseconds; a last
 /// bucket (+Inf) takes everything slower. 50 µs to 10 s, 1-2.5-5 steps.
 pub const LATENCY_BOUNDS_US: [u64; 17] = [

@@ -3,7 +3,7 @@
 
 use super::counters::load;
 use super::{Labelled, Out, Scrape};
-use crate::stats::sum;
+use shm::stats::sum;
 
 pub(super) fn render(out: &mut Out, models: &[Labelled<'_>], scrape: &Scrape<'_>) {
     out.family("highserve_requests_total", "counter", "Inference requests answered, by HTTP status code");

@@ -8,7 +8,7 @@ use shm::stats::{BATCH_BUCKETS, HIST_BUCKETS, Stage};
 
 use super::counters::load;
 use super::{Labelled, Out};
-use crate::stats::sum;
+use shm::stats::sum;
 
 pub(super) fn render(out: &mut Out, models: &[Labelled<'_>], repo: &Repository, region: &Region) {
     out.family(

@@ -8,7 +8,7 @@ use shm::stats::ModelStats;
 
 use super::counters::{REASONS, load};
 use super::{Labelled, Out};
-use crate::stats::sum;
+use shm::stats::sum;
 
 pub(super) fn render(out: &mut Out, models: &[Labelled<'_>], region: &Region) {
     out.family("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes");
