@@ -102,7 +102,12 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                         Ok(Ok(ToChild::Drain { deadline_ms })) => {
                             frontend::Command::Drain { deadline: Duration::from_millis(deadline_ms) }
                         }
-                        Ok(Ok(ToChild::Fail { ids, message })) => frontend::Command::Fail { ids, message },
+                        Ok(Ok(ToChild::Lost { proc, ids, message })) => {
+                            frontend::Command::Lost { proc: shm::ProcId(proc), ids, message }
+                        }
+                        Ok(Ok(ToChild::Unavailable { kind, message })) => {
+                            frontend::Command::Unavailable { kind, message }
+                        }
                         Ok(Ok(_)) => continue,
                         _ => break,
                     };

@@ -94,9 +94,17 @@ pub enum ToChild {
     },
     /// Workers: stop now (the frontend has drained).
     Stop,
-    /// Frontend: these requests were lost with a crashed worker.
-    Fail {
+    /// Frontend: worker `proc` died, holding `ids` in its slots and lanes
+    /// (the requests that were there are sent again).
+    Lost {
+        proc: u16,
         ids: Vec<u64>,
+        message: String,
+    },
+    /// Frontend: the workers of `kind` (`inference`, `preproc`) cannot come
+    /// back.
+    Unavailable {
+        kind: String,
         message: String,
     },
 }

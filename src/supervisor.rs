@@ -383,11 +383,13 @@ impl Supervisor {
             return Some(1);
         }
         let lost = self.reclaim(proc);
-        tracing::error!("{name} exited ({}); {} request(s) lost with it", describe(&status), lost.len());
-        if !lost.is_empty() {
-            let message = format!("the {name} worker crashed while handling this request; it is being restarted");
-            self.tell(ProcId::FRONTEND, &ToChild::Fail { ids: lost, message }).await;
-        }
+        tracing::error!(
+            "{name} exited ({}); {} request(s) in its slots and lanes, sent again with every other it held",
+            describe(&status),
+            lost.len()
+        );
+        let message = format!("the {name} worker crashed while handling this request");
+        self.tell(ProcId::FRONTEND, &ToChild::Lost { proc: proc.0, ids: lost, message }).await;
         let decision = self.children.get_mut(&proc).map(|c| c.policy.on_crash(Instant::now()));
         match decision {
             Some(Decision::Restart(delay)) => {
@@ -403,7 +405,11 @@ impl Supervisor {
                 None
             }
             Some(Decision::GiveUp { crashes, window }) => {
-                tracing::error!("{name} crashed {crashes} times within {window:?}; giving up");
+                let message =
+                    format!("the {name} worker crashed {crashes} times within {window:?} and is not restarted");
+                tracing::error!("{message}; giving up");
+                let kind = self.children[&proc].role.kind().to_string();
+                self.tell(ProcId::FRONTEND, &ToChild::Unavailable { kind, message }).await;
                 Some(1)
             }
             None => Some(1),

@@ -10,29 +10,22 @@ use common::*;
 
 const CLS: &str = "/v2/models/ppocr_cls/infer";
 
-/// 16 clients sending until `stop`; returns (ok, 503s, anything else).
-fn load(d: &Daemon, stop: &AtomicBool, img: &[u8], bad: &std::sync::Mutex<Vec<String>>) -> (usize, usize) {
-    let (ok, unavailable) = (AtomicUsize::new(0), AtomicUsize::new(0));
+/// 16 clients sending until `stop`; returns how many were answered 200.
+/// Every other answer is recorded in `bad`: a killed worker's requests are
+/// sent again, and new ones wait for a restarting worker, so none fails.
+fn load(d: &Daemon, stop: &AtomicBool, img: &[u8], bad: &std::sync::Mutex<Vec<String>>) -> usize {
+    let ok = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..16 {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let r = d.post(CLS, &[("Content-Type", "image/jpeg")], img);
-                    match r.status {
-                        200 => ok.fetch_add(1, Ordering::Relaxed),
-                        503 => {
-                            let msg = r.json()["error"].as_str().unwrap_or("").to_string();
-                            if !msg.contains("crashed") && !msg.contains("restarting") && !msg.contains("ready") {
-                                bad.lock().unwrap().push(format!("503 without a reason: {msg}"));
-                            }
-                            unavailable.fetch_add(1, Ordering::Relaxed)
-                        }
-                        other => {
-                            bad.lock().unwrap().push(format!("{other}: {}", r.text()));
-                            0
-                        }
-                    };
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.lock().unwrap().push(format!("{}: {}", r.status, r.text()));
+                    }
                     // A liveness bound, not a speed goal: a request that takes
                     // this long was stuck behind the dead worker.
                     if started.elapsed() > Duration::from_secs(20) {
@@ -42,7 +35,7 @@ fn load(d: &Daemon, stop: &AtomicBool, img: &[u8], bad: &std::sync::Mutex<Vec<St
             });
         }
     });
-    (ok.into_inner(), unavailable.into_inner())
+    ok.into_inner()
 }
 
 fn wait_for(what: &str, d: &Daemon, mut cond: impl FnMut() -> bool) {
@@ -62,7 +55,7 @@ fn a_preproc_worker_killed_under_load_loses_no_request() {
     let victim = before[1];
     let stop = AtomicBool::new(false);
     let bad = std::sync::Mutex::new(Vec::new());
-    let (ok, unavailable) = std::thread::scope(|s| {
+    let ok = std::thread::scope(|s| {
         let clients = s.spawn(|| load(&d, &stop, &img, &bad));
         std::thread::sleep(Duration::from_millis(1500));
         signal(victim, "KILL");
@@ -77,7 +70,7 @@ fn a_preproc_worker_killed_under_load_loses_no_request() {
     let bad = bad.into_inner().unwrap();
     assert!(bad.is_empty(), "{} bad answers, e.g. {:?}\n{}", bad.len(), &bad[..bad.len().min(5)], d.log());
     assert!(ok > 100, "{ok} requests succeeded");
-    eprintln!("{ok} ok, {unavailable} answered 503 (held by the killed worker)");
+    assert!(d.log().contains("sent again after"), "the killed worker's requests were sent again:\n{}", d.log());
     // Every slot came back: the daemon still serves a full load afterwards.
     for _ in 0..50 {
         assert_eq!(d.post(CLS, &[("Content-Type", "image/jpeg")], &img).status, 200);
@@ -93,7 +86,7 @@ fn an_inference_worker_killed_under_load_is_restarted_and_readiness_follows() {
     let stop = AtomicBool::new(false);
     let bad = std::sync::Mutex::new(Vec::new());
     let saw_unready = AtomicBool::new(false);
-    let (ok, unavailable) = std::thread::scope(|s| {
+    let ok = std::thread::scope(|s| {
         let clients = s.spawn(|| load(&d, &stop, &img, &bad));
         std::thread::sleep(Duration::from_millis(1000));
         signal(gpu, "KILL");
@@ -114,7 +107,6 @@ fn an_inference_worker_killed_under_load_is_restarted_and_readiness_follows() {
     let bad = bad.into_inner().unwrap();
     assert!(bad.is_empty(), "{} bad answers, e.g. {:?}\n{}", bad.len(), &bad[..bad.len().min(5)], d.log());
     assert!(saw_unready.load(Ordering::Relaxed), "readiness never said 503 while the worker was down");
-    eprintln!("{ok} ok, {unavailable} answered 503 while the inference worker was down");
     assert!(ok > 50);
     assert_eq!(d.post(CLS, &[("Content-Type", "image/jpeg")], &img).status, 200);
 }
@@ -147,11 +139,12 @@ fn a_panic_takes_down_only_its_process() {
     );
     let before = d.children();
     let img = testdata("text_0_0.jpg");
-    // The first batch panics in a backend thread: that request fails fast...
+    // The first batch panics in a backend thread: the inference worker
+    // process is replaced, nothing else is, and the request it held is sent
+    // again and answered.
     let r = d.post(CLS, &[("Content-Type", "image/jpeg")], &img);
-    assert_eq!(r.status, 503, "{}", r.text());
-    // ...the inference worker process is replaced, nothing else is.
-    wait_for("the inference worker's replacement", &d, || d.log().contains("gpu0 ready again"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(d.log().contains("gpu0 ready again") && d.log().contains("sent again after"), "{}", d.log());
     let after = d.children();
     assert!(
         !after.contains(&before[0]) && after.len() == 4,

@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model_repo::Repository;
+use shm::ProcId;
 use shm::mailbox::Wiring;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::dispatch::{Dispatch, Receiver};
+use crate::dispatch::{Dispatch, Receiver, Target};
 use crate::state::{Limits, State};
 
 /// What the frontend needs to run.
@@ -63,8 +64,14 @@ pub struct Config {
 pub enum Command {
     /// Stop accepting, finish in-flight requests within the deadline, return.
     Drain { deadline: Duration },
-    /// Fail these requests: they were lost with a crashed worker.
-    Fail { ids: Vec<u64>, message: String },
+    /// Worker `proc` died, holding `ids` in its slots and lanes: send the
+    /// requests that were there again (once; a second loss fails with
+    /// `message`).
+    Lost { proc: ProcId, ids: Vec<u64>, message: String },
+    /// The workers of a kind (`inference` or `preproc`) cannot come back:
+    /// fail what waits for them, and every new request for them, with
+    /// `message`.
+    Unavailable { kind: String, message: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +119,11 @@ pub fn run(
             while let Some(cmd) = commands.recv().await {
                 match cmd {
                     Command::Drain { deadline } => return deadline,
-                    Command::Fail { ids, message } => dispatch.fail(&ids, &message),
+                    Command::Lost { proc, ids, message } => dispatch.lost(proc, &ids, &message),
+                    Command::Unavailable { kind, message } => {
+                        let target = if kind == "inference" { Target::Gpu } else { Target::Preproc };
+                        dispatch.unavailable(target, &message);
+                    }
                 }
             }
             Duration::ZERO

@@ -5,14 +5,16 @@
 use std::ops::Range;
 
 use shm::tensor::TensorMeta;
-use shm::{Descriptor, Peers, Slot, Status};
+use shm::{Descriptor, Held, Peers, Status};
 
 use crate::batcher::Pending;
 
 /// One request waiting for, or in, a batch.
 pub struct Item {
     pub desc: Descriptor,
-    pub slot: Slot,
+    /// Its inputs: a slot it was given, or the frontend's loan (v2 tensors
+    /// sent straight from the frontend), which is only read.
+    pub slot: Held,
     /// The tensors in the slot (none when `encoded`).
     pub inputs: Vec<TensorMeta>,
     /// The slot holds the images as the client sent them (a BYTES payload of
@@ -34,9 +36,9 @@ pub type Batch = Vec<Request>;
 
 impl Item {
     /// Fails this request towards the frontend, in its span, reusing its
-    /// slot for the message.
+    /// slot (if it was given) for the message.
     pub fn fail(self, peers: &Peers, status: Status, message: &str) {
         let _span = self.span.enter();
-        peers.fail(&self.desc, Some(self.slot), status, message);
+        peers.fail(&self.desc, self.slot.owned(), status, message);
     }
 }

@@ -40,10 +40,15 @@ struct Job {
 /// reference VM) between jobs.
 const DEPTH: usize = 2;
 
+/// A job the thread finished: its tenant, what it cost, and the job itself
+/// when it must wait for an inference worker to be ready (the main thread
+/// keeps those).
+pub type Done = (usize, f64, Option<(ProcId, Descriptor)>);
+
 /// The handle the main thread keeps.
 pub struct Background {
     jobs: mpsc::SyncSender<Job>,
-    done: mpsc::Receiver<(usize, f64)>,
+    done: mpsc::Receiver<Done>,
     held: usize,
 }
 
@@ -66,10 +71,15 @@ impl Background {
             for job in rx {
                 let _span = tracing::debug_span!("request", request_id = job.desc.request_id).entered();
                 let started = Instant::now();
-                if let Err(f) = tensorize.run(&peers, &repository, job.from, &job.desc) {
-                    peers.fail(&job.desc, None, f.status, &f.message);
-                }
-                if done_tx.send((job.tenant, started.elapsed().as_nanos() as f64)).is_err() {
+                let wait = match tensorize.run(&peers, &repository, job.from, &job.desc) {
+                    Err(f) if f.no_worker => Some((job.from, job.desc)),
+                    Err(f) => {
+                        peers.fail(&job.desc, None, f.status, &f.message);
+                        None
+                    }
+                    Ok(()) => None,
+                };
+                if done_tx.send((job.tenant, started.elapsed().as_nanos() as f64, wait)).is_err() {
                     break;
                 }
                 waker.wake();
@@ -96,8 +106,8 @@ impl Background {
         }
     }
 
-    /// The tenant and cost of the job that finished, if one did.
-    pub fn finished(&mut self) -> Option<(usize, f64)> {
+    /// The job that finished, if one did.
+    pub fn finished(&mut self) -> Option<Done> {
         let done = self.done.try_recv().ok()?;
         self.held -= 1;
         Some(done)

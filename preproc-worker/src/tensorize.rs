@@ -36,7 +36,7 @@ impl Tensorize {
     /// Encoded images from the frontend → one input tensor for the model.
     pub fn run(&mut self, peers: &Peers, repository: &Repository, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
         let me = peers.me();
-        let input = peers.pool().adopt(from, me, d)?;
+        let input = peers.pool().take(from, me, d)?;
         let model = request::model(repository, d.model)?;
         let cfg = &model.config;
         let (Some(pre), Some((_, tensor_cfg))) = (cfg.preprocess.as_ref(), cfg.image_input()) else {

@@ -65,6 +65,9 @@ struct Worker {
     /// Where image jobs below an active level, or of a tenant ahead of its
     /// share, run (at a lower OS priority).
     background: Background,
+    /// Jobs that found no inference worker ready (one is restarting): they
+    /// go back into the queue as soon as one is, or fail at their deadline.
+    later: Vec<(ProcId, Descriptor)>,
 }
 
 /// Runs until `shutdown` is set (the caller also wakes the inbox).
@@ -89,6 +92,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         levels: Active::default(),
         tenants: Active::default(),
         background,
+        later: Vec::new(),
     };
     let mut inbox: Inbox = cfg.wiring.inbox();
     tracing::info!("preproc worker up ({} models)", worker.repository.models.len());
@@ -101,13 +105,22 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         // is told when another frees one).
         let wait = if worker.engine.parked() > 0 {
             Duration::from_millis(1)
+        } else if !worker.later.is_empty() {
+            // A restarted inference worker is used within this of its being ready.
+            Duration::from_millis(5)
         } else if worker.engine.active() > 0 {
             Duration::from_millis(50)
         } else {
             Duration::from_millis(500)
         };
-        while let Some((tenant, ns)) = worker.background.finished() {
+        while let Some((tenant, ns, wait)) = worker.background.finished() {
             worker.queue.charge(tenant, ns);
+            worker.later.extend(wait);
+        }
+        if !worker.later.is_empty() && worker.peers.ready_gpu().is_some() {
+            for (from, d) in std::mem::take(&mut worker.later) {
+                worker.take(from, d);
+            }
         }
         // Everything that has arrived goes into the queue before the next
         // job is chosen; with a job ready, only what is already there.
@@ -132,6 +145,15 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
             next_sweep = now + 20_000_000;
             for d in worker.engine.expire(now) {
                 worker.fail(&d, pipeline::timeout_failure());
+            }
+            let (expired, kept) = std::mem::take(&mut worker.later)
+                .into_iter()
+                .partition(|(_, d)| d.deadline_ns != 0 && d.deadline_ns <= now);
+            worker.later = kept;
+            for (from, d) in expired {
+                let why = "the request's deadline passed while it waited for an inference worker to come back";
+                worker.fail(&d, Failure::new(shm::Status::Timeout, why));
+                worker.drop_slot(from, &d);
             }
             worker.cancelled.prune(now);
         }
@@ -202,7 +224,7 @@ impl Worker {
     /// Frees the slot a descriptor handed us, if it carries one.
     fn drop_slot(&self, from: ProcId, d: &Descriptor) {
         if d.has_slot() {
-            drop(self.peers.pool().adopt(from, self.peers.me(), d));
+            drop(self.peers.pool().take(from, self.peers.me(), d));
         }
     }
 
@@ -222,8 +244,10 @@ impl Worker {
                 return self.drop_slot(from, &d);
             }
         };
-        if let Err(f) = result {
-            self.fail(&d, f);
+        match result {
+            Err(f) if f.no_worker => self.later.push((from, d)),
+            Err(f) => self.fail(&d, f),
+            Ok(()) => {}
         }
     }
 
@@ -235,7 +259,7 @@ impl Worker {
 
 /// Encoded image from the frontend → the first steps of its pipeline.
 fn start_pipeline(peers: &Peers, engine: &mut Engine, from: ProcId, d: &Descriptor) -> Result<(), Failure> {
-    let input = peers.pool().adopt(from, peers.me(), d)?;
+    let input = peers.pool().take(from, peers.me(), d)?;
     let images = request::split_bytes(input.bytes(d.offset as usize, d.len as usize)?, d.rows)?;
     let io = Io { peers, gpu: failure::ready_gpu(peers)? };
     engine.start(&io, d, images[0])

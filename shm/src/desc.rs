@@ -88,6 +88,12 @@ impl Status {
 /// (labels and scores as JSON), not raw output tensors.
 pub const FLAG_POSTPROCESS: u8 = 1;
 
+/// Descriptor flag: the slot is lent, not given: its owner (the frontend)
+/// keeps it until the request's answer comes back, so that it can send the
+/// request again if a worker dies with it. Receivers read it
+/// ([`crate::SlotPool::borrow`]) and never write or free it.
+pub const FLAG_LENT: u8 = 2;
+
 /// One message between two processes: 64 bytes, one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -126,7 +132,11 @@ pub struct Descriptor {
     /// pipeline's): whose share of the workers this request's work counts
     /// against when models are served by weight.
     pub tenant: u16,
-    pub _reserved: [u16; 3],
+    /// Which sending of the request this is (1, then 2 when the frontend
+    /// sends it again after a worker died with it); every reply carries it,
+    /// so an error of a superseded copy is told from the live one's.
+    pub attempt: u16,
+    pub _reserved: [u16; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<Descriptor>() == 64);

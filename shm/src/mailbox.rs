@@ -129,10 +129,31 @@ impl Outbox {
                 return Err((ShmError::Full { to: self.to }, slot));
             }
             d.slot = slot.send_to(self.to);
+            // Given, not lent, whatever the request's first descriptor said.
+            d.flags &= !crate::desc::FLAG_LENT;
             p.push(&d).expect("room was checked under the producer lock; this is a bug");
         }
         self.target.notify();
         Ok(())
+    }
+
+    /// Lends `slot` to the peer with `d`: the descriptor names it (with
+    /// [`crate::desc::FLAG_LENT`]) and the slot stays ours, unwritten until
+    /// the request is answered (`crate::slots`).
+    pub fn lend(&self, d: Descriptor, slot: &Slot) -> Result<(), ShmError> {
+        self.send(&Descriptor { slot: slot.index(), flags: d.flags | crate::desc::FLAG_LENT, ..d })
+    }
+
+    /// [`Outbox::send`], waiting while the lane is full for up to `patience`.
+    pub fn send_wait(&self, d: &Descriptor, patience: Duration) -> Result<(), ShmError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.send(d) {
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_micros(100)),
+                done => return done,
+            }
+        }
     }
 
     /// [`Outbox::send_slot`], waiting while the lane is full (the peer is

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::mailbox::{SEND_PATIENCE, Wiring};
 use crate::region::ProcState;
-use crate::{Descriptor, Outbox, ProcId, Region, ShmError, Slot, SlotPool, Status};
+use crate::{Descriptor, Held, Outbox, ProcId, Region, ShmError, Slot, SlotPool, Status};
 
 /// One process's view of the others.
 pub struct Peers {
@@ -60,6 +60,19 @@ impl Peers {
     /// the lane is full; after that the slot is freed and the error returned.
     pub fn send(&self, to: ProcId, d: Descriptor, slot: Slot) -> Result<(), ShmError> {
         self.outbox(to)?.send_slot_wait(d, slot, SEND_PATIENCE)
+    }
+
+    /// Hands on what came with a request: a slot this process owns (given),
+    /// or the frontend's loan (lent on, with the same slot), waiting as
+    /// [`Peers::send`] does.
+    pub fn send_held(&self, to: ProcId, d: Descriptor, held: impl Into<Held>) -> Result<(), ShmError> {
+        match held.into() {
+            Held::Owned(slot) => self.send(to, d, slot),
+            Held::Lent(lent) => self.outbox(to)?.send_wait(
+                &Descriptor { slot: lent.index(), flags: d.flags | crate::desc::FLAG_LENT, ..d },
+                SEND_PATIENCE,
+            ),
+        }
     }
 
     /// Fails the request of `d` towards the frontend, reusing `slot` (when it

@@ -6,6 +6,12 @@
 //! published; freeing stores 0. Only the owner touches a slot's bytes, so a
 //! [`Slot`] can hand out plain slices. When a process dies, the supervisor
 //! finds everything it owned by scanning the owner words ([`SlotPool::reclaim`]).
+//!
+//! A slot can also be lent ([`crate::desc::FLAG_LENT`]): the owner keeps it
+//! and stops writing it, receivers only read it ([`Lent`]), and the owner
+//! frees it once the request's answer has come back, which is after every
+//! receiver's last read. A lent slot is therefore never reclaimed with a dead
+//! receiver: its owner can send the request again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -123,6 +129,38 @@ impl SlotPool {
         Ok(slot)
     }
 
+    /// Reads the slot `from` lent to this process with descriptor `d`: the
+    /// same checks as [`SlotPool::adopt`], with `lender` as the owner.
+    pub fn borrow(&self, from: ProcId, lender: ProcId, d: &crate::Descriptor) -> Result<Lent, ShmError> {
+        let total = self.region.layout().total_slots;
+        let bad = || ShmError::BadSlot { from, slot: d.slot, count: total };
+        if d.slot >= total {
+            return Err(bad());
+        }
+        // Acquire: pairs with the lender's Release when it allocated the slot;
+        // the lane's Release/Acquire orders its writes before our reads.
+        let owner = self.owner_word(d.slot).load(Ordering::Acquire);
+        if owner != code(lender) || self.request_word(d.slot).load(Ordering::Relaxed) != d.request_id {
+            return Err(bad());
+        }
+        let (_, size, data_off) = self.region.layout().slot(d.slot).ok_or_else(bad)?;
+        let end = d.offset as u64 + d.len as u64;
+        if end > size as u64 {
+            return Err(ShmError::BadRange { slot: d.slot, offset: d.offset as u64, end, capacity: size });
+        }
+        Ok(Lent { region: self.region.clone(), index: d.slot, size, data_off })
+    }
+
+    /// What `from` handed this process with `d`: the slot itself, or, with
+    /// [`crate::desc::FLAG_LENT`], a loan of the frontend's.
+    pub fn take(&self, from: ProcId, me: ProcId, d: &crate::Descriptor) -> Result<Held, ShmError> {
+        if d.flags & crate::desc::FLAG_LENT != 0 {
+            self.borrow(from, ProcId::FRONTEND, d).map(Held::Lent)
+        } else {
+            self.adopt(from, me, d).map(Held::Owned)
+        }
+    }
+
     /// Frees every slot owned by `dead` and returns the request ids they held
     /// (deduplicated). Only for the supervisor, after `dead` has exited and
     /// before its replacement starts.
@@ -213,6 +251,79 @@ impl Drop for Slot {
     }
 }
 
+/// A slot another process lent this one: read only, and not freed here.
+pub struct Lent {
+    region: Arc<Region>,
+    index: u32,
+    size: usize,
+    data_off: usize,
+}
+
+impl Lent {
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        let p = self.region.ptr_at(self.data_off, self.size);
+        // SAFETY: the slot is in bounds; its owner lent it and writes it no
+        // more until the request is answered, after this process's last read
+        // (the lending protocol, module docs), and nobody else may write it.
+        unsafe { std::slice::from_raw_parts(p, self.size) }
+    }
+}
+
+/// A slot received with a request: given (`Owned`) or lent (`Lent`).
+pub enum Held {
+    Owned(Slot),
+    Lent(Lent),
+}
+
+impl From<Slot> for Held {
+    fn from(slot: Slot) -> Held {
+        Held::Owned(slot)
+    }
+}
+
+impl Held {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Held::Owned(s) => s.as_slice(),
+            Held::Lent(l) => l.as_slice(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// `len` bytes at `offset`, or an error if that range is outside the slot.
+    pub fn bytes(&self, offset: usize, len: usize) -> Result<&[u8], ShmError> {
+        let all = self.as_slice();
+        offset.checked_add(len).and_then(|end| all.get(offset..end)).ok_or(ShmError::BadRange {
+            slot: self.index(),
+            offset: offset as u64,
+            end: offset as u64 + len as u64,
+            capacity: all.len(),
+        })
+    }
+
+    pub fn index(&self) -> u32 {
+        match self {
+            Held::Owned(s) => s.index(),
+            Held::Lent(l) => l.index(),
+        }
+    }
+
+    /// The slot, if this process owns it (it may write and reuse it).
+    pub fn owned(self) -> Option<Slot> {
+        match self {
+            Held::Owned(s) => Some(s),
+            Held::Lent(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Slot({}, {} bytes)", self.index, self.size)
@@ -284,5 +395,31 @@ mod tests {
         assert_eq!(pool.occupancy()[0].1, 0, "both small slots are free again; `keep` took the large one");
         drop(keep);
         assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
+    }
+
+    #[test]
+    fn a_lent_slot_is_read_not_owned_and_outlives_its_reader() {
+        let pool = pool();
+        let (frontend, worker) = (ProcId::FRONTEND, ProcId(1));
+        let mut slot = pool.alloc(100, frontend, 7).unwrap();
+        slot.as_mut_slice()[..3].copy_from_slice(b"abc");
+        let d = Descriptor {
+            request_id: 7,
+            slot: slot.index(),
+            len: 3,
+            flags: crate::desc::FLAG_LENT,
+            ..Default::default()
+        };
+        let held = pool.take(frontend, worker, &d).unwrap();
+        assert!(matches!(held, Held::Lent(_)));
+        assert_eq!(held.bytes(0, 3).unwrap(), b"abc");
+        assert!(held.bytes(4090, 10).is_err(), "the slot's bounds hold for a loan too");
+        drop(held);
+        assert_eq!(pool.reclaim(worker), Vec::<u64>::new(), "a dead reader frees nothing it was lent");
+        // A loan for another request, or of a slot its owner no longer has,
+        // is refused.
+        assert!(pool.borrow(frontend, frontend, &Descriptor { request_id: 8, ..d }).is_err());
+        drop(slot);
+        assert!(pool.borrow(frontend, frontend, &d).is_err());
     }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::json;
-use shm::desc::FLAG_POSTPROCESS;
+use shm::desc::{FLAG_LENT, FLAG_POSTPROCESS};
 use shm::region::ProcState;
 use shm::tensor::{self, DType, TensorSpec};
 use shm::{Descriptor, Kind, ProcId, Slot, Status};
 
 use super::{ADD_JSON, Harness, limits};
+use crate::dispatch::Target;
 
 /// A worker that answers `n` requests with `answer` (which may rewrite the
 /// slot and returns the reply's descriptor, or `None` to fail the request)
@@ -28,8 +29,11 @@ fn worker(
         let mut seen = Vec::new();
         while seen.len() < n {
             let (from, d) = inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).expect("a request arrives");
-            let mut slot = peers.pool().adopt(from, peers.me(), &d).expect("the request's slot");
-            seen.push((d, slot.as_slice()[..(d.offset + d.len) as usize].to_vec()));
+            // The frontend lends the request's slot: read it, answer in one of ours.
+            let lent = peers.pool().borrow(from, ProcId::FRONTEND, &d).expect("the request's lent slot");
+            let mut slot = peers.pool().alloc(lent.as_slice().len(), peers.me(), d.request_id).unwrap();
+            slot.as_mut_slice().copy_from_slice(lent.as_slice());
+            seen.push((d, lent.as_slice()[..(d.offset + d.len) as usize].to_vec()));
             match answer(&d, &mut slot) {
                 Some(reply) => peers.send(ProcId::FRONTEND, reply, slot).unwrap(),
                 None => peers.fail(&d, Some(slot), Status::InvalidInput, "the tensor is not to my taste"),
@@ -114,7 +118,7 @@ async fn images_and_frames_land_on_the_preproc_lane() {
     let mut image = (jpeg.len() as u32).to_le_bytes().to_vec();
     image.extend_from_slice(jpeg);
     for (d, bytes) in &seen[..2] {
-        assert_eq!((d.kind(), d.model, d.rows, d.flags), (Some(Kind::Images), 1, 1, FLAG_POSTPROCESS));
+        assert_eq!((d.kind(), d.model, d.rows, d.flags), (Some(Kind::Images), 1, 1, FLAG_POSTPROCESS | FLAG_LENT));
         assert_eq!(bytes, &image);
     }
     let (d, bytes) = &seen[2];
@@ -126,17 +130,136 @@ async fn images_and_frames_land_on_the_preproc_lane() {
 }
 
 #[tokio::test]
-async fn nothing_is_sent_to_a_worker_that_is_down() {
+async fn a_request_waits_for_its_worker_to_come_back() {
+    let h = Harness::new(limits());
+    let gpu = h.topology().gpu(0);
+    h.set_state(gpu, ProcState::Down);
+    let state = h.state.clone();
+    let waiting = tokio::spawn(async move {
+        let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
+        crate::http::router::route(&state, req).await.status()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "it waits instead of a 503");
+    let worker = worker(&h, gpu, 1, add_one);
+    h.set_state(gpu, ProcState::Ready);
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(worker.join().unwrap()[0].0.attempt, 1);
+    // Within its deadline only.
+    h.set_state(gpu, ProcState::Down);
+    let body =
+        br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":{"timeout":20000}}"#;
+    let r = h.call(Method::POST, "/v2/models/add/infer", &[], body).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+}
+
+#[tokio::test]
+async fn workers_that_cannot_come_back_fail_what_waits_for_them() {
     let h = Harness::new(limits());
     h.set_state(h.topology().preproc(0), ProcState::Down);
+    let state = h.state.clone();
+    let waiting = tokio::spawn(async move {
+        let req = http::Request::post("/v2/models/cls/infer")
+            .header("content-type", "image/png")
+            .body(http_body_util::Full::new(b"\x89PNG\r\n\x1a\n"[..].into()))
+            .unwrap();
+        crate::http::router::route(&state, req).await.status()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let why = "the preproc0 worker crashed 5 times within 60s and is not restarted";
+    h.state.dispatch.unavailable(Target::Preproc, why);
+    assert_eq!(waiting.await.unwrap(), 503);
     let r = h.call(Method::POST, "/v2/models/cls/infer", &[("content-type", "image/png")], b"\x89PNG\r\n\x1a\n").await;
-    assert_eq!((r.status.as_u16(), r.error()), (503, "no preproc worker is running; retry shortly".into()));
+    assert_eq!((r.status.as_u16(), r.error()), (503, why.into()));
     assert_eq!(r.headers["retry-after"], "1");
-    h.set_state(h.topology().gpu(0), ProcState::Down);
-    let r = h.call(Method::POST, "/v2/models/add/infer", &[], ADD_JSON).await;
-    assert_eq!((r.status.as_u16(), r.error()), (503, "no inference worker is ready; retry shortly".into()));
+    h.state.dispatch.sweep(u64::MAX);
     let metrics = h.metrics();
     assert!(metrics.contains("highserve_shm_slots_in_use{size=\"65536\"} 0\n"), "slots given back: {metrics}");
+}
+
+/// Takes requests from `p`'s inbox without answering them (the worker dies
+/// with them), then answers the next `answer` with `add_one`.
+fn dying_worker(h: &Harness, p: ProcId, drop_first: usize, answer: usize) -> JoinHandle<Vec<Descriptor>> {
+    let (mut inbox, peers) = h.worker(p);
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while seen.len() < drop_first + answer {
+            let (from, d) = inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).expect("a request arrives");
+            seen.push(d);
+            if seen.len() > drop_first {
+                let lent = peers.pool().borrow(from, ProcId::FRONTEND, &d).unwrap();
+                let mut slot = peers.pool().alloc(lent.as_slice().len(), peers.me(), d.request_id).unwrap();
+                slot.as_mut_slice().copy_from_slice(lent.as_slice());
+                let reply = add_one(&d, &mut slot).unwrap();
+                peers.send(ProcId::FRONTEND, reply, slot).unwrap();
+            }
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn a_request_lost_with_its_worker_is_sent_again_once() {
+    let h = Harness::new(limits());
+    let gpu = h.topology().gpu(0);
+    let worker = dying_worker(&h, gpu, 1, 1);
+    let state = h.state.clone();
+    let call = tokio::spawn(async move {
+        let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
+        let resp = crate::http::router::route(&state, req).await;
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.state.dispatch.lost(gpu, &[], "the gpu0 worker crashed while handling this request");
+    assert_eq!(call.await.unwrap()["outputs"][0]["data"], json!([2.0, 3.0]), "answered by the second sending");
+    let seen = worker.join().unwrap();
+    assert_eq!((seen[0].request_id, seen[0].attempt, seen[1].attempt), (seen[1].request_id, 1, 2));
+    assert_eq!((seen[1].slot, seen[1].flags & FLAG_LENT), (seen[0].slot, FLAG_LENT), "the same loan, sent as it was");
+
+    // Lost twice: it fails, saying why.
+    let worker = dying_worker(&h, gpu, 2, 0);
+    let state = h.state.clone();
+    let call = tokio::spawn(async move {
+        let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
+        crate::http::router::route(&state, req).await.status()
+    });
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.state.dispatch.lost(gpu, &[], "the gpu0 worker crashed while handling this request");
+    }
+    assert_eq!(call.await.unwrap(), 503);
+    assert_eq!(worker.join().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_error_of_a_superseded_copy_does_not_fail_the_request() {
+    let h = Harness::new(limits());
+    let gpu = h.topology().gpu(0);
+    let (mut inbox, peers) = h.worker(gpu);
+    let state = h.state.clone();
+    let call = tokio::spawn(async move {
+        let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
+        crate::http::router::route(&state, req).await.status()
+    });
+    let first = tokio::task::spawn_blocking(move || {
+        let (_, d) = inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).unwrap();
+        (d, inbox)
+    });
+    let (first, mut inbox) = first.await.unwrap();
+    h.state.dispatch.lost(gpu, &[first.request_id], "the gpu0 worker crashed");
+    // The first copy, which was not lost after all, fails late: ignored.
+    peers.fail(&first, None, Status::Timeout, "the first copy timed out");
+    let (from, second) =
+        tokio::task::spawn_blocking(move || inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(second.attempt, 2);
+    let lent = peers.pool().borrow(from, ProcId::FRONTEND, &second).unwrap();
+    let mut slot = peers.pool().alloc(lent.as_slice().len(), peers.me(), second.request_id).unwrap();
+    slot.as_mut_slice().copy_from_slice(lent.as_slice());
+    peers.send(ProcId::FRONTEND, add_one(&second, &mut slot).unwrap(), slot).unwrap();
+    assert_eq!(call.await.unwrap(), 200);
 }
 
 #[tokio::test]

@@ -47,12 +47,13 @@ pub fn scatter(peers: &Peers, parked: &mut Parked, batch: &mut Batch, outputs: &
             .collect();
         row += r;
         let desc = p.item.desc;
-        let slot = p.item.slot;
+        // Its own slot when it was given one large enough (never a loan: the
+        // frontend keeps that unwritten until the answer).
+        let own = p.item.slot.owned();
         let result = tensor::plan(0, &specs).and_then(|(need, _)| {
-            if slot.capacity() >= need {
+            if let Some(slot) = own.filter(|s| s.capacity() >= need) {
                 return send_outputs(peers, &desc, &specs, &data, slot);
             }
-            drop(slot);
             match peers.pool().alloc(need, peers.me(), desc.request_id) {
                 Ok(out) => send_outputs(peers, &desc, &specs, &data, out),
                 Err(ShmError::NoSlot { wanted, largest }) if wanted <= largest && parked.has_room(need) => {

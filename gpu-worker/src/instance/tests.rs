@@ -42,7 +42,8 @@ fn setup() -> (Peers, Inbox, SlotPool) {
 fn request(peers: &Peers, id: u64, deadline_ns: u64) -> Request {
     let slot = peers.pool().alloc(64, ProcId::FRONTEND, id).unwrap();
     let desc = Descriptor { request_id: id, deadline_ns, reply_to: 0, rows: 1, ..Default::default() };
-    let item = Item { desc, slot, inputs: Vec::new(), encoded: false, staged: None, span: tracing::Span::none() };
+    let item =
+        Item { desc, slot: slot.into(), inputs: Vec::new(), encoded: false, staged: None, span: tracing::Span::none() };
     Pending { item, rows: 1, shape_key: 0, arrived_ns: 0, deadline_ns, priority: 0 }
 }
 

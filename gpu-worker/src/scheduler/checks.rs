@@ -8,13 +8,13 @@ use std::hash::{Hash, Hasher};
 
 use model_repo::Model;
 use shm::tensor::{self, TensorMeta};
-use shm::{Descriptor, Slot};
+use shm::{Descriptor, Held};
 
 /// Checks a request of images for GPU preprocessing (the preproc pool read
 /// their headers): one to max_batch_size of them. Returns the batch rows and
 /// the key of the tensor they become, as `check_inputs` would give it, so
 /// they share batches with tensor requests of that shape.
-pub fn check_images(model: &Model, slot: &Slot, d: &Descriptor) -> Result<(u32, u64), String> {
+pub fn check_images(model: &Model, slot: &Held, d: &Descriptor) -> Result<(u32, u64), String> {
     let bytes = slot.bytes(d.offset as usize, d.len as usize).map_err(|e| e.to_string())?;
     let n = tensor::bytes_elements(bytes)?.len();
     let cfg = &model.config;

@@ -85,12 +85,12 @@ impl Scheduler {
             other => {
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
                 if d.has_slot() {
-                    drop(peers.pool().adopt(from, peers.me(), &d));
+                    drop(peers.pool().take(from, peers.me(), &d));
                 }
                 return;
             }
         }
-        let slot = match peers.pool().adopt(from, peers.me(), &d) {
+        let slot = match peers.pool().take(from, peers.me(), &d) {
             Ok(s) => s,
             Err(e) => return peers.fail(&d, None, Status::Internal, &e.to_string()),
         };
@@ -100,7 +100,7 @@ impl Scheduler {
             return;
         }
         let Some(model) = self.repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
-            return peers.fail(&d, Some(slot), Status::Internal, &format!("no runnable model #{}", d.model));
+            return peers.fail(&d, slot.owned(), Status::Internal, &format!("no runnable model #{}", d.model));
         };
         let encoded = d.kind() == Some(Kind::Images);
         let checked = if encoded {
@@ -125,7 +125,7 @@ impl Scheduler {
                 self.turns.arrived(d.model as usize, level, d.tenant as usize, now);
                 self.models[d.model as usize].state.push(p);
             }
-            Err(message) => peers.fail(&d, Some(slot), Status::InvalidInput, &message),
+            Err(message) => peers.fail(&d, slot.owned(), Status::InvalidInput, &message),
         }
     }
 
