@@ -89,10 +89,20 @@ fn concurrent_requests_are_batched() {
             });
         }
     });
-    let stats = d.get("/v2/models/ppocr_cls/stats");
-    assert_eq!(stats.status, 200);
-    let s = &stats.json()["model_stats"][0];
     let requests = (clients * each) as u64;
+    // An instance records a batch's statistics after sending its answers: the
+    // last batch's may come a moment after the last answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stats = loop {
+        let stats = d.get("/v2/models/ppocr_cls/stats");
+        assert_eq!(stats.status, 200);
+        let done = stats.json()["model_stats"][0]["inference_count"].as_u64() == Some(requests);
+        if done || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let s = &stats.json()["model_stats"][0];
     assert_eq!(s["inference_count"].as_u64(), Some(requests), "{s}");
     let execs = s["execution_count"].as_u64().unwrap();
     let biggest = s["batch_stats"].as_array().unwrap().iter().map(|b| b["batch_size"].as_u64().unwrap()).max();
