@@ -100,6 +100,56 @@ pub struct ModelConfig {
     /// file (no version directory needed).
     #[serde(default)]
     pub pipeline: Option<crate::Pipeline>,
+    /// Which versions on disk are loaded (Triton's `version_policy`):
+    /// `{ latest = { num_versions = N } }` (default: the latest one),
+    /// `{ all = {} }`, or `{ specific = { versions = [1, 3] } }`.
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+}
+
+/// See `ModelConfig::version_policy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    Latest {
+        #[serde(default = "one")]
+        num_versions: u32,
+    },
+    All {},
+    Specific {
+        versions: Vec<u64>,
+    },
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest { num_versions: 1 }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to load among those on disk (ascending), or why none.
+    pub fn select(&self, on_disk: &[u64]) -> Result<Vec<u64>, String> {
+        let chosen: Vec<u64> = match self {
+            VersionPolicy::Latest { num_versions } => {
+                on_disk[on_disk.len().saturating_sub(*num_versions as usize)..].to_vec()
+            }
+            VersionPolicy::All {} => on_disk.to_vec(),
+            VersionPolicy::Specific { versions } => {
+                if let Some(v) = versions.iter().find(|v| !on_disk.contains(v)) {
+                    return Err(format!("version_policy names version {v}, which is not on disk (found: {on_disk:?})"));
+                }
+                let mut v = versions.clone();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        };
+        if chosen.is_empty() {
+            return Err(format!("version_policy selects no version (found on disk: {on_disk:?})"));
+        }
+        Ok(chosen)
+    }
 }
 
 /// See `ModelConfig::precision`.
@@ -275,6 +325,15 @@ impl ModelConfig {
             return bad(format!("config says name = \"{n}\" but the directory is `{dir_name}`; they must match"));
         }
         self.validate_scheduling().or_else(bad)?;
+        match &self.version_policy {
+            VersionPolicy::Latest { num_versions: 0 } => {
+                return bad("version_policy latest needs num_versions of at least 1".into());
+            }
+            VersionPolicy::Specific { versions } if versions.is_empty() => {
+                return bad("version_policy specific needs at least one version".into());
+            }
+            _ => {}
+        }
         if let Some(p) = &self.pipeline {
             return self.validate_pipeline(p).or_else(bad);
         }

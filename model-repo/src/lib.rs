@@ -16,9 +16,9 @@ mod pipeline;
 
 pub use config::{
     ChannelOrder, CpuBackend, DecodeOn, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision,
-    Preprocess, ResizeMode, TensorConfig,
+    Preprocess, ResizeMode, TensorConfig, VersionPolicy,
 };
-pub use load::{Model, Repository};
+pub use load::{Model, ModelState, Repository};
 pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};
 pub use shm::tensor::DType;
 

@@ -1,5 +1,6 @@
-//! Reading the repository directory.
+//! Reading the repository directory, and the table of what is loaded.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -9,14 +10,36 @@ use crate::{ModelConfig, RepoError};
 /// The file each version directory must hold.
 pub const MODEL_FILE: &str = "model.onnx";
 
-/// A loaded, validated model: its config and the versions found on disk.
+/// A validated model: its config and versions. As read from disk,
+/// `versions` are those with a model file; as an entry of the loaded table
+/// ([`Repository::models`]), the one version that entry serves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     pub name: String,
     pub dir: PathBuf,
-    /// Version numbers with a model file, ascending.
+    /// Version numbers, ascending.
     pub versions: Vec<u64>,
     pub config: ModelConfig,
+    /// Where a table entry stands in its life.
+    #[serde(default)]
+    pub state: ModelState,
+}
+
+/// The life of a loaded version (Triton's states, less UNAVAILABLE, which
+/// is a load that failed: [`Repository::failures`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ModelState {
+    /// The inference workers load and warm it up; nothing is routed to it.
+    Loading,
+    /// Serving.
+    #[default]
+    Ready,
+    /// Replaced or unloaded: no new request goes to it; those in flight
+    /// finish, then it is unloaded.
+    Unloading,
+    /// Gone; its entry (its index) may be given to another version.
+    Unloaded,
 }
 
 impl Model {
@@ -33,12 +56,20 @@ impl Model {
     }
 }
 
-/// All models, sorted by name; a model's index in `models` is its id in
-/// descriptors and shared-memory statistics.
+/// The loaded table: an entry per loaded version of each model, whose index
+/// in `models` is its id in descriptors and shared-memory statistics (at
+/// start-up, sorted by name). The supervisor owns it and hands every process
+/// a copy whenever it changes (`generation`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Repository {
     pub root: PathBuf,
     pub models: Vec<Model>,
+    /// Bumped by every change.
+    #[serde(default)]
+    pub generation: u64,
+    /// Models whose last load failed, and why (the index's UNAVAILABLE).
+    #[serde(default)]
+    pub failures: BTreeMap<String, String>,
 }
 
 /// Model names become URL path segments and directory names: keep them plain.
@@ -94,6 +125,17 @@ impl Repository {
         }
         models.sort_by(|a, b| a.name.cmp(&b.name));
         check_pipelines(&models)?;
+        // One entry per version the model's policy loads.
+        let mut table = Vec::new();
+        for m in models {
+            let chosen = m
+                .config
+                .version_policy
+                .select(&m.versions)
+                .map_err(|message| RepoError::Invalid { model: m.name.clone(), message })?;
+            table.extend(chosen.into_iter().map(|v| Model { versions: vec![v], ..m.clone() }));
+        }
+        let models = table;
         if models.is_empty() {
             return Err(RepoError::Repository(format!(
                 "no models in {}: each model needs <name>/config.toml and <name>/<version>/{MODEL_FILE}",
@@ -103,16 +145,40 @@ impl Repository {
         if models.len() > u16::MAX as usize {
             return Err(RepoError::Repository("more than 65535 models".into()));
         }
-        Ok(Repository { root: root.to_path_buf(), models })
+        Ok(Repository { root: root.to_path_buf(), models, generation: 0, failures: BTreeMap::new() })
     }
 
-    /// The model called `name` and its index.
+    /// The entries serving `name` (ready), with their indices.
+    fn serving(&self, name: &str) -> Vec<(u16, &Model)> {
+        let ready = |m: &&Model| m.name == name && m.state == ModelState::Ready;
+        self.models.iter().enumerate().filter(|(_, m)| ready(m)).map(|(i, m)| (i as u16, m)).collect()
+    }
+
+    /// The entry serving `name` without a version asked for: its latest
+    /// ready version.
     pub fn get(&self, name: &str) -> Option<(u16, &Model)> {
-        self.models.iter().position(|m| m.name == name).map(|i| (i as u16, &self.models[i]))
+        self.serving(name).into_iter().max_by_key(|(_, m)| m.latest())
     }
 
+    /// The entry serving version `version` of `name`.
+    pub fn get_version(&self, name: &str, version: u64) -> Option<(u16, &Model)> {
+        self.serving(name).into_iter().find(|(_, m)| m.latest() == version)
+    }
+
+    /// The ready versions of `name`, ascending.
+    pub fn versions_of(&self, name: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = self.serving(name).iter().map(|(_, m)| m.latest()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The names of the models being served, sorted.
     pub fn names(&self) -> Vec<&str> {
-        self.models.iter().map(|m| m.name.as_str()).collect()
+        let mut names: Vec<&str> =
+            self.models.iter().filter(|m| m.state == ModelState::Ready).map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 }
 
@@ -185,7 +251,7 @@ impl Model {
                 ),
             });
         }
-        Ok(Model { name: name.into(), dir: dir.to_path_buf(), versions, config })
+        Ok(Model { name: name.into(), dir: dir.to_path_buf(), versions, config, state: ModelState::Ready })
     }
 }
 
@@ -236,9 +302,14 @@ labels = ["0", "180"]
         write_model(tmp.path(), "alpha", CLS, &[3, 1, 2]);
         let repo = Repository::load(tmp.path(), None).unwrap();
         assert_eq!(repo.names(), vec!["alpha", "zeta"]);
+        // The default policy loads the latest version only.
         let (i, m) = repo.get("alpha").unwrap();
-        assert_eq!((i, m.latest(), m.versions.clone()), (0, 3, vec![1, 2, 3]));
+        assert_eq!((i, m.latest(), m.versions.clone()), (0, 3, vec![3]));
         assert_eq!(m.config.full_shape(&m.config.inputs[0]), vec![-1, 3, 48, 192]);
+        write_model(tmp.path(), "all", &format!("version_policy = {{ all = {{}} }}\n{CLS}"), &[1, 2]);
+        let repo = Repository::load(tmp.path(), Some(&["all".to_string()])).unwrap();
+        assert_eq!(repo.versions_of("all"), [1, 2], "an entry per version");
+        assert_eq!((repo.get("all").unwrap().0, repo.get_version("all", 1).unwrap().0), (1, 0));
         let only = Repository::load(tmp.path(), Some(&["zeta".to_string()])).unwrap();
         assert_eq!(only.names(), vec!["zeta"]);
         let err = Repository::load(tmp.path(), Some(&["nope".to_string()])).unwrap_err();

@@ -20,8 +20,14 @@ fn admission() -> Admission {
         dir: PathBuf::from("/nonexistent"),
         versions: vec![1],
         config: ModelConfig::parse(config, "m").unwrap(),
+        state: Default::default(),
     };
-    let repo = Repository { root: PathBuf::from("/nonexistent"), models: vec![model] };
+    let repo = Repository {
+        root: PathBuf::from("/nonexistent"),
+        models: vec![model],
+        generation: 0,
+        failures: Default::default(),
+    };
     Admission::new(4, 1 << 20, 0.25, &repo)
 }
 

@@ -44,6 +44,7 @@ pub fn model(name: &str, config: &str) -> Model {
         dir: PathBuf::from("/nonexistent"),
         versions: vec![1],
         config: ModelConfig::parse(config, name).expect("the test config parses"),
+        state: Default::default(),
     }
 }
 
@@ -85,6 +86,8 @@ impl Harness {
         let repository = Arc::new(Repository {
             root: PathBuf::from("/nonexistent"),
             models: vec![model("add", ADD), model("cls", CLS)],
+            generation: 0,
+            failures: Default::default(),
         });
         Harness { state: Arc::new(State::new(dispatch, repository, limits)), region, efds, _receiver: receiver }
     }

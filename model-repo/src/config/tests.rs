@@ -47,3 +47,24 @@ fn bad_scheduling_settings_are_refused_saying_what_is_accepted() {
         assert!(err.contains(says), "{text}: {err}");
     }
 }
+
+#[test]
+fn version_policies_select_as_in_triton() {
+    let on_disk = [1, 2, 5];
+    let latest2 = VersionPolicy::Latest { num_versions: 2 };
+    assert_eq!(VersionPolicy::default().select(&on_disk).unwrap(), [5]);
+    assert_eq!(latest2.select(&on_disk).unwrap(), [2, 5]);
+    assert_eq!(VersionPolicy::All {}.select(&on_disk).unwrap(), [1, 2, 5]);
+    assert_eq!(VersionPolicy::Specific { versions: vec![5, 1] }.select(&on_disk).unwrap(), [1, 5]);
+    let e = VersionPolicy::Specific { versions: vec![3] }.select(&on_disk).unwrap_err();
+    assert!(e.contains("version 3") && e.contains("[1, 2, 5]"), "{e}");
+    for (text, want) in [
+        ("version_policy = { latest = { num_versions = 2 } }\n", latest2),
+        ("version_policy = { all = {} }\n", VersionPolicy::All {}),
+        ("version_policy = { specific = { versions = [1, 3] } }\n", VersionPolicy::Specific { versions: vec![1, 3] }),
+    ] {
+        assert_eq!(ModelConfig::parse(&format!("{text}{MINIMAL}"), "c").unwrap().version_policy, want);
+    }
+    let zero = ModelConfig::parse(&format!("version_policy = {{ latest = {{ num_versions = 0 }} }}\n{MINIMAL}"), "c");
+    assert!(zero.unwrap().validate("m").unwrap_err().to_string().contains("num_versions"));
+}

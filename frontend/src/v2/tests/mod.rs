@@ -194,7 +194,13 @@ dims = [3]
 pub fn model(name: &str, config: &str) -> Model {
     let config = ModelConfig::parse(config, name).unwrap();
     config.validate(name).unwrap();
-    Model { name: name.into(), dir: PathBuf::from("/models").join(name), versions: vec![1, 3], config }
+    Model {
+        name: name.into(),
+        dir: PathBuf::from("/models").join(name),
+        versions: vec![1, 3],
+        config,
+        state: Default::default(),
+    }
 }
 
 /// The message of an error the test expects, checked to contain `needles`.
