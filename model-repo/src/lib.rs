@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod control;
 mod load;
 pub mod onnx_meta;
 mod pipeline;

@@ -117,6 +117,32 @@ pub fn model_stats(region: &Region, gpu: u16, model: u16) -> Option<&ModelStats>
     Some(unsafe { &*(ptr as *const ModelStats) })
 }
 
+/// Zeroes every counter and histogram of `model`, before its index is given
+/// to another loaded version (the supervisor does it, while nothing can
+/// count under that index).
+pub fn reset_model(region: &Region, model: u16) {
+    let layout = region.layout();
+    let p = &layout.params;
+    if model as u32 >= p.models {
+        return;
+    }
+    let mut ranges = vec![
+        (layout.step_stats_offset + model as usize * STEP_STATS_LEN, STEP_STATS_LEN),
+        (layout.hist_offset + model as usize * STAGE_HIST_LEN, STAGE_HIST_LEN),
+    ];
+    ranges.extend((0..p.gpus as u16).map(|g| (layout.stats_offset_of(g, model), MODEL_STATS_LEN)));
+    for (offset, len) in ranges {
+        let ptr = region.ptr_at(offset, len);
+        // SAFETY: in bounds (checked by ptr_at) and 8-byte aligned by the
+        // layout; these ranges hold only atomic u64 counters (and padding that
+        // nothing reads), which every process accesses atomically.
+        let words = unsafe { std::slice::from_raw_parts(ptr as *const AtomicU64, len / 8) };
+        for w in words {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Sums a counter of `model` over every inference worker.
 pub fn sum(region: &Region, model: u16, f: impl Fn(&ModelStats) -> u64) -> u64 {
     let gpus = region.layout().topology().gpus;
