@@ -85,6 +85,16 @@ pub struct Models {
     pub repository: PathBuf,
     #[serde(default)]
     pub load: Vec<String>,
+    /// Loaded versions the daemon can hold at once (each an index in
+    /// descriptors and shared-memory statistics): room for what loads at
+    /// start-up, for the versions loaded alongside while a model is
+    /// swapped, and for models loaded later.
+    #[serde(default = "max_models")]
+    pub max_models: u32,
+}
+
+fn max_models() -> u32 {
+    32
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -67,6 +67,13 @@ impl Supervisor {
     pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
         let load = (!cfg.models.load.is_empty()).then_some(cfg.models.load.as_slice());
         let repository = Repository::load(&cfg.models.repository, load)?;
+        if repository.models.len() > cfg.models.max_models as usize {
+            bail!(
+                "{} model versions load at start-up; the limit is {} (config: models.max_models)",
+                repository.models.len(),
+                cfg.models.max_models
+            );
+        }
         // A model that decodes on the GPU needs nvJPEG there too: without it,
         // `auto` runs on the CPU and `gpu` refuses to start, naming it.
         let nvjpeg = repository.models.iter().any(|m| m.config.decodes_on_gpu());
@@ -81,7 +88,7 @@ impl Supervisor {
             }
         }
         let params =
-            LayoutParams::new(topology, repository.models.len(), cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
+            LayoutParams::new(topology, cfg.models.max_models as usize, cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
         let region = Arc::new(Region::create("highserve", &params)?);
         tracing::info!(
             "shared memory: {} MiB ({} slots, {} lanes of {} descriptors)",
