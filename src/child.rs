@@ -5,13 +5,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shm::mailbox::Wiring;
 use shm::{Region, Role};
+
+use model_repo::control::{Notify, Upstream};
 
 use crate::control::{CONTROL_FD_ENV, ChildSpec, FromChild, SUPERVISOR_PID_ENV, ToChild};
 
@@ -34,11 +36,25 @@ fn die_with_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn send(stream: &UnixStream, msg: &FromChild) {
-    let mut line = serde_json::to_vec(msg).expect("control messages serialize; this is a bug");
-    line.push(b'\n');
-    // A failed write means the supervisor is gone; the death signal follows.
-    let _ = (&*stream).write_all(&line);
+/// The child's end of the control socket for writing: one line per
+/// message, whole, from whichever thread sends it.
+#[derive(Clone)]
+struct Upward(Arc<Mutex<UnixStream>>);
+
+impl Upward {
+    fn send(&self, msg: &FromChild) {
+        let mut line = serde_json::to_vec(msg).expect("control messages serialize; this is a bug");
+        line.push(b'\n');
+        // A failed write means the supervisor is gone; the death signal follows.
+        let _ = self.0.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line);
+    }
+
+    /// Reports and operators' orders about the model table, as a process's
+    /// libraries send them.
+    fn notify(&self) -> Notify {
+        let up = self.clone();
+        Arc::new(move |message: Upstream| up.send(&FromChild::Upstream { message }))
+    }
 }
 
 /// A panic on any thread ends the whole process: a worker missing one thread
@@ -92,7 +108,8 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
     let repository = Arc::new(spec.repository.clone());
     let cfg = &spec.config;
     let spin = Duration::from_micros(cfg.shm.spin_microseconds);
-    let ready = |addr: Option<String>| send(&control, &FromChild::Ready { addr });
+    let up = Upward(Arc::new(Mutex::new(control)));
+    let ready = |addr: Option<String>| up.send(&FromChild::Ready { addr });
     match role {
         Role::Frontend => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -108,6 +125,8 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                         Ok(Ok(ToChild::Unavailable { kind, message })) => {
                             frontend::Command::Unavailable { kind, message }
                         }
+                        Ok(Ok(ToChild::Models { repository })) => frontend::Command::Models(Arc::new(*repository)),
+                        Ok(Ok(ToChild::ControlDone { id, result })) => frontend::Command::ControlDone { id, result },
                         Ok(Ok(_)) => continue,
                         _ => break,
                     };
@@ -121,6 +140,8 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
             let fcfg = frontend::Config {
                 wiring,
                 repository,
+                notify: up.notify(),
+                admin_token: cfg.server.admin_token.clone(),
                 addr: format!("{}:{}", cfg.server.host, cfg.server.port),
                 max_body_bytes: cfg.server.max_body_bytes.0,
                 max_inflight: cfg.server.max_inflight as usize,
@@ -136,10 +157,12 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
             frontend::run(fcfg, rx, |addr| ready(Some(addr.to_string())))?;
         }
         Role::Gpu(index) => {
-            let shutdown = stop_on_command(reader, &wiring)?;
+            let (shutdown, updates) = control_thread(reader, &wiring)?;
             let gcfg = gpu_worker::Config {
                 wiring,
                 repository,
+                updates,
+                notify: up.notify(),
                 index,
                 onnxruntime_library: cfg.inference.onnxruntime_library.clone(),
                 intra_op_threads: cfg.inference.intra_op_threads as usize,
@@ -151,10 +174,12 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
             gpu_worker::run(gcfg, shutdown, || ready(None))?;
         }
         Role::Preproc(_) => {
-            let shutdown = stop_on_command(reader, &wiring)?;
+            let (shutdown, updates) = control_thread(reader, &wiring)?;
             let pcfg = preproc_worker::Config {
                 wiring,
                 repository,
+                updates,
+                notify: up.notify(),
                 limits: preproc_worker::image::DecodeLimits {
                     max_pixels: cfg.preproc.max_image_pixels,
                     max_side: cfg.preproc.max_image_side,
@@ -169,20 +194,30 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
     Ok(())
 }
 
-/// A thread that sets the returned flag (and wakes the worker's inbox) on
+type Updates = std::sync::mpsc::Receiver<Arc<model_repo::Repository>>;
+
+/// A worker's control thread: hands each new model table over (and wakes
+/// the worker's inbox), and sets the returned flag (waking it too) on
 /// `stop` or when the supervisor's end of the socket closes.
-fn stop_on_command(reader: BufReader<UnixStream>, wiring: &Wiring) -> anyhow::Result<Arc<AtomicBool>> {
+fn control_thread(reader: BufReader<UnixStream>, wiring: &Wiring) -> anyhow::Result<(Arc<AtomicBool>, Updates)> {
     let flag = Arc::new(AtomicBool::new(false));
     let (f, waker) = (flag.clone(), wiring.self_waker());
+    let (tx, updates) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for line in reader.lines() {
             match line.map(|l| serde_json::from_str::<ToChild>(&l)) {
                 Ok(Ok(ToChild::Stop)) | Err(_) => break,
+                Ok(Ok(ToChild::Models { repository })) => {
+                    if tx.send(Arc::new(*repository)).is_err() {
+                        break;
+                    }
+                    waker.wake();
+                }
                 _ => {}
             }
         }
         f.store(true, Ordering::Release);
         waker.wake();
     })?;
-    Ok(flag)
+    Ok((flag, updates))
 }

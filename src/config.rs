@@ -73,6 +73,11 @@ pub struct Server {
     /// A second port serving only `/metrics` (Triton uses 8002), on `host`.
     #[serde(default)]
     pub metrics_port: Option<u16>,
+    /// Guards the repository API's load and unload (`Authorization: Bearer`);
+    /// needed when model control is on and `host` is not loopback. Set it
+    /// with `--admin-token` or `HIGHSERVE_ADMIN_TOKEN` rather than here.
+    #[serde(default)]
+    pub admin_token: Option<model_repo::control::Secret>,
 }
 
 fn headroom() -> f64 {

@@ -9,6 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use model_repo::Repository;
+use model_repo::control::{ControlError, Upstream};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -107,12 +108,27 @@ pub enum ToChild {
         kind: String,
         message: String,
     },
+    /// Every process: the model table changed; this is the whole new one.
+    Models {
+        repository: Box<Repository>,
+    },
+    /// Frontend: the answer to the operator's order `id`.
+    ControlDone {
+        id: u64,
+        result: Result<(), ControlError>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromChild {
-    Ready { addr: Option<String> },
+    Ready {
+        addr: Option<String>,
+    },
+    /// About the model table: a report, or an operator's order.
+    Upstream {
+        message: Upstream,
+    },
 }
 
 #[cfg(test)]

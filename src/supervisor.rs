@@ -87,8 +87,12 @@ impl Supervisor {
                 tracing::info!("{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes", m.name);
             }
         }
-        let params =
-            LayoutParams::new(topology, cfg.models.max_models as usize, cfg.shm.lane_capacity as usize, &slot_classes(&cfg))?;
+        let params = LayoutParams::new(
+            topology,
+            cfg.models.max_models as usize,
+            cfg.shm.lane_capacity as usize,
+            &slot_classes(&cfg),
+        )?;
         let region = Arc::new(Region::create("highserve", &params)?);
         tracing::info!(
             "shared memory: {} MiB ({} slots, {} lanes of {} descriptors)",

@@ -38,7 +38,13 @@ use crate::state::{Limits, State};
 /// What the frontend needs to run.
 pub struct Config {
     pub wiring: Wiring,
+    /// The model table at start (later ones come as [`Command::Models`]).
     pub repository: Arc<Repository>,
+    /// Reports and operators' orders to the supervisor.
+    pub notify: model_repo::control::Notify,
+    /// When set, the repository API's load and unload need
+    /// `Authorization: Bearer <token>`.
+    pub admin_token: Option<model_repo::control::Secret>,
     /// `host:port` to listen on (port 0 picks a free one).
     pub addr: String,
     pub max_body_bytes: u64,
@@ -72,6 +78,10 @@ pub enum Command {
     /// fail what waits for them, and every new request for them, with
     /// `message`.
     Unavailable { kind: String, message: String },
+    /// The model table changed: route by this one from now on.
+    Models(Arc<Repository>),
+    /// The supervisor's answer to the operator's order `id`.
+    ControlDone { id: u64, result: Result<(), model_repo::control::ControlError> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +134,9 @@ pub fn run(
                         let target = if kind == "inference" { Target::Gpu } else { Target::Preproc };
                         dispatch.unavailable(target, &message);
                     }
+                    // Routing by a changed table and the repository API come
+                    // with the rest of issue 18's frontend part.
+                    Command::Models(_) | Command::ControlDone { .. } => {}
                 }
             }
             Duration::ZERO

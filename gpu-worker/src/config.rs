@@ -11,7 +11,13 @@ use shm::mailbox::Wiring;
 /// What the inference worker needs to run.
 pub struct Config {
     pub wiring: Wiring,
+    /// The model table at start: its READY and LOADING entries are loaded.
     pub repository: Arc<Repository>,
+    /// The tables the supervisor hands over later (the inbox is woken after
+    /// each).
+    pub updates: std::sync::mpsc::Receiver<Arc<Repository>>,
+    /// Reports to the supervisor (loaded, applied).
+    pub notify: model_repo::control::Notify,
     /// This worker's index among the inference workers.
     pub index: u16,
     pub onnxruntime_library: PathBuf,

@@ -91,7 +91,10 @@ impl std::fmt::Display for ControlError {
 pub enum Upstream {
     Report(Report),
     /// An operator's order, `id` naming the answer the frontend awaits.
-    Control { id: u64, op: ControlOp },
+    Control {
+        id: u64,
+        op: ControlOp,
+    },
 }
 
 /// How a process sends [`Upstream`] messages (its control socket, in the

@@ -28,7 +28,13 @@ use crate::tensorize::Tensorize;
 /// What the preproc worker needs to run.
 pub struct Config {
     pub wiring: Wiring,
+    /// The model table at start.
     pub repository: Arc<Repository>,
+    /// The tables the supervisor hands over later (the inbox is woken after
+    /// each).
+    pub updates: std::sync::mpsc::Receiver<Arc<Repository>>,
+    /// Reports to the supervisor (applied).
+    pub notify: model_repo::control::Notify,
     pub limits: DecodeLimits,
     /// Decode JPEGs at a reduced DCT scale when the model input is small.
     pub dct_scaling: bool,
