@@ -9,6 +9,7 @@ mod bench;
 mod child;
 mod config;
 mod control;
+mod models;
 mod notify;
 mod placement;
 mod restart;

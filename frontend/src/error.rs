@@ -3,11 +3,14 @@
 //! HTTP adapter sends it as JSON `{"error": "..."}`.
 
 use http::StatusCode;
+use model_repo::control::ControlError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     /// The request is malformed or does not fit the model: 400.
     BadRequest(String),
+    /// Model control without the admin token: 401, with a Bearer challenge.
+    Unauthorized(String),
     /// Unknown model, version or route: 404.
     NotFound(String),
     /// Known route, wrong method: 405.
@@ -35,6 +38,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
@@ -50,6 +54,7 @@ impl ApiError {
     pub fn message(&self) -> &str {
         match self {
             ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
             | ApiError::SlowClient(m)
@@ -68,6 +73,14 @@ impl ApiError {
         match self {
             ApiError::WouldMissDeadline { retry_after_s, .. } => Some(*retry_after_s),
             ApiError::TooManyRequests(_) | ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Unauthorized(_) => Some("Bearer"),
             _ => None,
         }
     }
@@ -98,6 +111,19 @@ impl From<crate::v2::V2Error> for ApiError {
     }
 }
 
+/// An order the supervisor refused (the repository extension).
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::NotFound(m) => ApiError::NotFound(m),
+            // A load that failed leaves the serving version untouched: the
+            // request was wrong for this daemon, as Triton answers it.
+            ControlError::Invalid(m) | ControlError::LoadFailed(m) => ApiError::BadRequest(m),
+            ControlError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 impl From<shm::ShmError> for ApiError {
     fn from(e: shm::ShmError) -> ApiError {
         match e {
@@ -119,5 +145,15 @@ mod tests {
         assert_eq!(ApiError::from_worker(shm::Status::InvalidInput, "x".into()).status(), 400);
         assert_eq!(ApiError::from_worker(shm::Status::Timeout, "x".into()).status(), 504);
         assert_eq!(ApiError::from_worker(shm::Status::Backend, "x".into()).status(), 500);
+        let order = |e: ControlError| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.message().to_string())
+        };
+        assert_eq!(order(ControlError::NotFound("no m".into())), (404, "no m".into()));
+        assert_eq!(order(ControlError::Invalid("bad".into())), (400, "bad".into()));
+        assert_eq!(order(ControlError::LoadFailed("onnx".into())), (400, "onnx".into()));
+        assert_eq!(order(ControlError::Unavailable("stopping".into())), (503, "stopping".into()));
+        assert_eq!(ApiError::Unauthorized("t".into()).status(), 401);
+        assert_eq!(ApiError::Unauthorized("t".into()).challenge(), Some("Bearer"));
     }
 }

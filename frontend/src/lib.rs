@@ -7,11 +7,14 @@
 //! turns HTTP into a protocol-neutral request, `core` runs it (admission,
 //! body, slot, submit, answer: the one path, which a gRPC adapter will share),
 //! `dispatch` hands slots to the workers and answers back to the waiting
-//! request. `state` is what they all share; `metrics` and `stats` report.
+//! request. `state` is what they all share; `table` is the model table as
+//! the supervisor changes it, `control` the operators' orders to change it
+//! (the repository extension); `metrics` and `stats` report.
 #![forbid(unsafe_code)]
 
 mod admission;
 mod body;
+mod control;
 mod core;
 mod dispatch;
 pub mod error;
@@ -19,6 +22,7 @@ mod http;
 mod metrics;
 mod state;
 mod stats;
+mod table;
 #[cfg(test)]
 mod tests;
 pub mod v2;
@@ -33,7 +37,7 @@ use shm::mailbox::Wiring;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::dispatch::{Dispatch, Receiver, Target};
-use crate::state::{Limits, State};
+use crate::state::{Control, Limits, State};
 
 /// What the frontend needs to run.
 pub struct Config {
@@ -114,7 +118,8 @@ pub fn run(
             request_timeout: cfg.request_timeout,
             body_timeout: cfg.body_timeout,
         };
-        let state = Arc::new(State::new(dispatch.clone(), cfg.repository.clone(), limits));
+        let control = Control { notify: cfg.notify.clone(), admin_token: cfg.admin_token.clone() };
+        let state = Arc::new(State::new(dispatch.clone(), cfg.repository.clone(), limits, control));
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
         if let Some(maddr) = &cfg.metrics_addr {
@@ -125,18 +130,24 @@ pub fn run(
             tokio::spawn(http::serve::serve_metrics(metrics_listener, state.clone()));
         }
         on_ready(addr);
+        let commanded = state.clone();
         let stop = async move {
+            let state = commanded;
             while let Some(cmd) = commands.recv().await {
                 match cmd {
-                    Command::Drain { deadline } => return deadline,
+                    Command::Drain { deadline } => {
+                        // Orders still waiting would hold the drain to its
+                        // deadline; the supervisor stops taking them.
+                        state.orders.fail_all("the daemon is stopping");
+                        return deadline;
+                    }
                     Command::Lost { proc, ids, message } => dispatch.lost(proc, &ids, &message),
                     Command::Unavailable { kind, message } => {
                         let target = if kind == "inference" { Target::Gpu } else { Target::Preproc };
                         dispatch.unavailable(target, &message);
                     }
-                    // Routing by a changed table and the repository API come
-                    // with the rest of issue 18's frontend part.
-                    Command::Models(_) | Command::ControlDone { .. } => {}
+                    Command::Models(table) => state.apply(table),
+                    Command::ControlDone { id, result } => state.orders.done(id, result),
                 }
             }
             Duration::ZERO

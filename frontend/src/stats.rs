@@ -1,6 +1,7 @@
-//! The statistics extension (`/v2/models[/<m>]/stats`, Triton's format) and
-//! the repository index, read from the counters the inference workers keep in
-//! shared memory: scraping never asks a worker anything.
+//! The statistics extension (`/v2/models[/<m>[/versions/<v>]]/stats`,
+//! Triton's format: an item per loaded version), read from the counters the
+//! inference workers keep in shared memory: scraping never asks a worker
+//! anything.
 
 use std::collections::BTreeMap;
 
@@ -55,8 +56,8 @@ fn levels(state: &State, index: u16) -> Vec<Value> {
     by_level.into_values().collect()
 }
 
-fn one(state: &State, index: u16) -> Value {
-    let (repo, region) = (&*state.repository, &**state.dispatch.region());
+fn one(state: &State, repo: &Repository, index: u16) -> Value {
+    let region = &**state.dispatch.region();
     let m = &repo.models[index as usize];
     if let Some(p) = &m.config.pipeline {
         return json!({
@@ -107,21 +108,9 @@ fn one(state: &State, index: u16) -> Value {
     })
 }
 
-/// `/v2/models/stats` (every model) or `/v2/models/<m>/stats` (`model`).
-pub fn render(state: &State, model: Option<u16>) -> Result<Vec<u8>, ApiError> {
-    let stats: Vec<Value> = match model {
-        Some(i) => vec![one(state, i)],
-        None => (0..state.repository.models.len() as u16).map(|i| one(state, i)).collect(),
-    };
+/// The statistics of `entries` of `table` (every entry for
+/// `/v2/models/stats`, a model's for `/v2/models/<m>/stats`).
+pub fn render(state: &State, table: &Repository, entries: &[u16]) -> Result<Vec<u8>, ApiError> {
+    let stats: Vec<Value> = entries.iter().map(|&i| one(state, table, i)).collect();
     serde_json::to_vec(&json!({ "model_stats": stats })).map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// `POST /v2/repository/index`: every model, READY when the server is.
-pub fn repository_index(repo: &Repository, ready: bool) -> Vec<u8> {
-    let models: Vec<Value> = repo
-        .models
-        .iter()
-        .map(|m| json!({ "name": m.name, "version": m.latest().to_string(), "state": if ready { "READY" } else { "UNAVAILABLE" } }))
-        .collect();
-    serde_json::to_vec(&models).unwrap_or_default()
 }

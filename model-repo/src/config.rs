@@ -316,6 +316,20 @@ impl ModelConfig {
         }
     }
 
+    /// The largest of its tensors for one request row whose size its config
+    /// fixes (no `-1` dims), with its name: what must fit a shared-memory
+    /// slot for the model to be served at all.
+    pub fn largest_tensor(&self) -> Option<(&str, usize)> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .filter_map(|t| {
+                let elements = t.dims.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().map(|d| n * d))?;
+                Some((t.name.as_str(), elements * t.datatype.size()?))
+            })
+            .max_by_key(|&(_, bytes)| bytes)
+    }
+
     /// Checks everything that can be checked without the model file.
     pub fn validate(&self, dir_name: &str) -> Result<(), RepoError> {
         let bad = |message: String| Err(RepoError::Invalid { model: dir_name.into(), message });

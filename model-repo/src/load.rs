@@ -113,7 +113,7 @@ impl Repository {
                     available.join(", ")
                 )));
             };
-            let model = Model::load(dir, &name)?;
+            let model = Model::load(dir, &name, None)?;
             if let Some(p) = &model.config.pipeline {
                 wanted.extend(p.models().iter().map(|m| m.to_string()));
                 wanted.extend(p.steps.iter().filter_map(|s| match s {
@@ -182,6 +182,22 @@ impl Repository {
     }
 }
 
+/// The models of the repository at `root`: its directories holding a
+/// `config.toml` and named as a model may be, sorted.
+pub fn catalog(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("config.toml").is_file())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| valid_name(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// A pipeline may only run models that are loaded and are not pipelines.
 fn check_pipelines(models: &[Model]) -> Result<(), RepoError> {
     for m in models {
@@ -213,7 +229,30 @@ fn check_pipelines(models: &[Model]) -> Result<(), RepoError> {
 }
 
 impl Model {
-    fn load(dir: &Path, name: &str) -> Result<Model, RepoError> {
+    /// Reads model `name` of the repository at `root`: its config
+    /// (`config`, when given, instead of its `config.toml`: a JSON or TOML
+    /// override, validated as a file is) and the versions on disk.
+    pub fn read(root: &Path, name: &str, config: Option<&str>) -> Result<Model, RepoError> {
+        if !valid_name(name) {
+            return Err(RepoError::Invalid {
+                model: name.into(),
+                message: "model names may use letters, digits, `_`, `-` and `.` (not first)".into(),
+            });
+        }
+        let dir = root.join(name);
+        if !dir.join("config.toml").is_file() && config.is_none() {
+            return Err(RepoError::Repository(format!(
+                "model `{name}` is not in {} (it has a directory with config.toml for each model; found: {})",
+                root.display(),
+                catalog(root).join(", ")
+            )));
+        }
+        let mut model = Model::load(&dir, name, config)?;
+        model.dir = dir;
+        Ok(model)
+    }
+
+    fn load(dir: &Path, name: &str, override_text: Option<&str>) -> Result<Model, RepoError> {
         if !valid_name(name) {
             return Err(RepoError::Invalid {
                 model: name.into(),
@@ -221,9 +260,18 @@ impl Model {
             });
         }
         let path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| RepoError::Io { path: path.display().to_string(), source })?;
-        let config = ModelConfig::parse(&text, &path.display().to_string())?;
+        let config = match override_text {
+            // Triton's `parameters.config` is JSON; a TOML override is taken too.
+            Some(text) if text.trim_start().starts_with('{') => serde_json::from_str(text).map_err(|e| {
+                RepoError::Parse { path: "the config override".into(), message: e.to_string() }
+            })?,
+            Some(text) => ModelConfig::parse(text, "the config override")?,
+            None => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| RepoError::Io { path: path.display().to_string(), source })?;
+                ModelConfig::parse(&text, &path.display().to_string())?
+            }
+        };
         config.validate(name)?;
         let mut versions = Vec::new();
         let entries =

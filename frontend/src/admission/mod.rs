@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use model_repo::Repository;
+use model_repo::{Model, Repository};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::forecast::Forecast;
@@ -61,10 +61,10 @@ impl Shed {
     }
 }
 
-/// Requests in flight per model and level (index: the level).
+/// Requests in flight per entry and level (index: the level).
 type LevelCounts = Vec<[AtomicU32; 256]>;
 
-/// Per model: requests shed, by level and reason.
+/// Per entry: requests shed, by level and reason.
 type ShedCounts = Vec<Mutex<BTreeMap<(u8, Shed), u64>>>;
 
 pub struct Admission {
@@ -72,10 +72,13 @@ pub struct Admission {
     max_requests: usize,
     bytes: Arc<Semaphore>,
     max_bytes: usize,
-    per_model: Vec<Option<(Arc<Semaphore>, u32)>>,
+    /// Per entry, its config's `max_inflight` (0: none) and that many
+    /// permits; both change only when an entry is given to another version
+    /// (nothing of it in flight then), so admission reads them lock-free.
+    per_model: Vec<(Arc<Semaphore>, AtomicU32)>,
     shares: Shares,
     inflight: Arc<LevelCounts>,
-    /// Per model. A lock per answer and per admission, never contended for
+    /// Per entry. A lock per answer and per admission, never contended for
     /// long: both only read or update four numbers.
     forecasts: Vec<Mutex<Forecast>>,
     shed: ShedCounts,
@@ -106,24 +109,44 @@ fn units(len: usize) -> usize {
 }
 
 impl Admission {
-    /// `headroom`: `server.priority_headroom` (see [`shares`]).
-    pub fn new(max_requests: usize, max_bytes: usize, headroom: f64, repo: &Repository) -> Admission {
-        let n = repo.models.len();
-        Admission {
+    /// `headroom`: `server.priority_headroom` (see [`shares`]); `capacity`:
+    /// how many entries a model table may have (what is counted per entry
+    /// is sized by it).
+    pub fn new(max_requests: usize, max_bytes: usize, headroom: f64, capacity: usize, repo: &Repository) -> Admission {
+        let n = capacity.max(repo.models.len());
+        let admission = Admission {
             requests: Arc::new(Semaphore::new(max_requests)),
             max_requests,
             bytes: Arc::new(Semaphore::new(units(max_bytes))),
             max_bytes,
-            per_model: repo
-                .models
-                .iter()
-                .map(|m| m.config.max_inflight.map(|n| (Arc::new(Semaphore::new(n as usize)), n)))
-                .collect(),
+            per_model: (0..n).map(|_| (Arc::new(Semaphore::new(0)), AtomicU32::new(0))).collect(),
             shares: Shares::new(repo, headroom),
             inflight: Arc::new((0..n).map(|_| std::array::from_fn(|_| AtomicU32::new(0))).collect()),
             forecasts: (0..n).map(|_| Mutex::default()).collect(),
             shed: (0..n).map(|_| Mutex::default()).collect(),
+        };
+        for (i, m) in repo.models.iter().enumerate() {
+            admission.reset(i as u16, m);
         }
+        admission
+    }
+
+    /// Entry `index` now holds `model` (another version than before, with
+    /// nothing of the old one in flight): its limit is the new config's,
+    /// and what was learned and counted for the old one is forgotten.
+    pub fn reset(&self, index: u16, model: &Model) {
+        let (sem, limit) = &self.per_model[index as usize];
+        let new = model.config.max_inflight.unwrap_or(0);
+        let old = limit.swap(new, Ordering::Relaxed);
+        sem.forget_permits(old as usize);
+        sem.add_permits(new as usize);
+        *self.forecasts[index as usize].lock().unwrap_or_else(|e| e.into_inner()) = Forecast::default();
+        self.shed[index as usize].lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The levels the models of `repo` declare (see [`shares`]).
+    pub fn set_levels(&self, repo: &Repository) {
+        self.shares.set(repo);
     }
 
     fn refuse(&self, model: u16, level: u8, why: Shed, e: ApiError) -> ApiError {
@@ -146,8 +169,10 @@ impl Admission {
                 )),
             )
         })?;
-        let model = match self.per_model.get(index as usize).and_then(Option::as_ref) {
-            Some((sem, n)) => Some(sem.clone().try_acquire_owned().map_err(|_| {
+        let (sem, limit) = &self.per_model[index as usize];
+        let model = match limit.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(sem.clone().try_acquire_owned().map_err(|_| {
                 self.refuse(
                     index,
                     level,
@@ -158,7 +183,6 @@ impl Admission {
                     )),
                 )
             })?),
-            None => None,
         };
         Ok(Permit { _request: request, _model: model, bytes: None, model: index, level, entered: None })
     }

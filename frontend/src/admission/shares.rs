@@ -6,24 +6,35 @@
 //! a request of a level beyond them, or of none, ranks with the lowest.
 //! With no model declaring levels, every request may fill the limits.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use model_repo::Repository;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Shares {
-    /// The most levels any model declares.
-    levels: u8,
+    /// The most levels any model of the table declares (it changes with
+    /// the table).
+    levels: AtomicU8,
     headroom: f64,
+}
+
+fn most_levels(repo: &Repository) -> u8 {
+    crate::table::present(repo).map(|(_, m)| m.config.priority_levels).max().unwrap_or(0).min(255) as u8
 }
 
 impl Shares {
     pub fn new(repo: &Repository, headroom: f64) -> Shares {
-        let levels = repo.models.iter().map(|m| m.config.priority_levels).max().unwrap_or(0).min(255) as u8;
-        Shares { levels, headroom }
+        Shares { levels: AtomicU8::new(most_levels(repo)), headroom }
+    }
+
+    /// The levels of a new table.
+    pub fn set(&self, repo: &Repository) {
+        self.levels.store(most_levels(repo), Ordering::Relaxed);
     }
 
     /// How many levels are above `level` (0 for the highest).
     fn rank(&self, level: u8) -> u8 {
-        level.clamp(1, self.levels.saturating_add(1)) - 1
+        level.clamp(1, self.levels.load(Ordering::Relaxed).saturating_add(1)) - 1
     }
 
     /// How much of `limit` requests at `level` may fill (at least one).
@@ -38,7 +49,7 @@ mod tests {
     use super::*;
 
     fn shares(levels: u8, headroom: f64) -> Shares {
-        Shares { levels, headroom }
+        Shares { levels: AtomicU8::new(levels), headroom }
     }
 
     #[test]

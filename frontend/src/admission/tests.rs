@@ -28,7 +28,7 @@ fn admission() -> Admission {
         generation: 0,
         failures: Default::default(),
     };
-    Admission::new(4, 1 << 20, 0.25, &repo)
+    Admission::new(4, 1 << 20, 0.25, 1, &repo)
 }
 
 const SECOND: Duration = Duration::from_secs(1);

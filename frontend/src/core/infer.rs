@@ -13,12 +13,14 @@ use crate::body::{BodySource, Timed};
 use crate::error::ApiError;
 use crate::metrics::Track;
 use crate::state::State;
+use crate::table::Serving;
 use crate::v2;
 
 /// One inference request, as an adapter hands it over.
-pub struct Request {
-    /// The model's index in the repository (the adapter resolved it).
-    pub model: u16,
+pub struct Request<'r> {
+    /// The table entry that serves it (the adapter routed it), counted in
+    /// flight while the adapter holds it.
+    pub serving: &'r Serving<'r>,
     /// What the adapter read of the client's priority and timeout, or why
     /// it could not: refused after admission, as a malformed body is.
     pub params: Result<RequestParams, ApiError>,
@@ -32,15 +34,15 @@ pub struct Request {
 /// count as the request's).
 pub async fn infer<S: BodySource, R>(
     state: &State,
-    request: Request,
+    request: Request<'_>,
     body: &mut S,
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
-    let model = &state.repository.models[request.model as usize];
+    let model = request.serving.model();
     // `request_id` is filled in once the request has one; the workers log
     // under the same id.
     let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
-    let track = state.metrics.track(request.model);
+    let track = state.metrics.track(request.serving.index());
     let result = async {
         let result = answer(state, request, body, &track, respond).await;
         match &result {
@@ -63,13 +65,13 @@ pub async fn infer<S: BodySource, R>(
 /// is held until the response is made.
 async fn answer<S: BodySource, R>(
     state: &State,
-    request: Request,
+    request: Request<'_>,
     body: &mut S,
     track: &Track<'_>,
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
-    let Request { model: index, params, payload } = request;
-    let model = &state.repository.models[index as usize];
+    let Request { serving, params, payload } = request;
+    let (index, model) = (serving.index(), serving.model());
     // Refusals before the level is settled count at the one the adapter
     // saw (a v2 body may name another).
     let seen = params.as_ref().ok().and_then(|p| p.priority).unwrap_or(0);

@@ -10,16 +10,17 @@ use crate::body::BodySource;
 use crate::core::{self, Answer, Headers, Payload, RequestParams};
 use crate::error::ApiError;
 use crate::state::State;
+use crate::table::Serving;
 use crate::v2;
 
 /// The Triton header that splits a JSON header from binary tensor data.
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
-pub async fn infer<B: BodySource>(state: &State, index: u16, model: &Model, req: Request<B>) -> Resp {
+pub async fn infer<B: BodySource>(state: &State, serving: &Serving<'_>, req: Request<B>) -> Resp {
     let (parts, mut body) = req.into_parts();
     let params = query_params(parts.uri.query());
-    let request = core::Request { model: index, params, payload: payload(&parts.headers) };
-    match core::infer(state, request, &mut body, |answer| respond(model, answer)).await {
+    let request = core::Request { serving, params, payload: payload(&parts.headers) };
+    match core::infer(state, request, &mut body, |answer| respond(serving.model(), answer)).await {
         Ok(resp) => resp,
         // Logged by the core, in the request's span.
         Err(e) => response::error(&e),

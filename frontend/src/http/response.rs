@@ -31,12 +31,16 @@ pub fn metrics(text: String) -> Resp {
     with_type(text, "text/plain; version=0.0.4; charset=utf-8")
 }
 
-/// 429 and 503 say when to retry (Retry-After).
+/// 429 and 503 say when to retry (Retry-After), 401 what it takes
+/// (WWW-Authenticate).
 pub fn error(e: &ApiError) -> Resp {
     let mut resp = json(v2::error_body(e.message()));
     *resp.status_mut() = e.status();
     if let Some(s) = e.retry_after() {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Some(c) = e.challenge() {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
     }
     resp
 }

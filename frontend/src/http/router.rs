@@ -6,11 +6,12 @@ use http::{Method, Request, StatusCode};
 use model_repo::Model;
 
 use super::infer;
+use super::repository::{self, Order};
 use super::response::{self, Resp};
 use crate::body::BodySource;
 use crate::error::ApiError;
 use crate::state::State;
-use crate::{metrics, stats, v2};
+use crate::{metrics, stats, table, v2};
 
 /// Answers `req`: the whole API on the main port.
 pub async fn route<B: BodySource>(state: &State, req: Request<B>) -> Resp {
@@ -55,36 +56,59 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
     let path = path.trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
     let wrong = || ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
     match segs.as_slice() {
         ["v2", "models", "stats"] => match get {
-            true => Ok(response::json(stats::render(state, None)?)),
+            true => {
+                let table = state.table();
+                let all: Vec<u16> = table::present(&table).map(|(i, _)| i).collect();
+                Ok(response::json(stats::render(state, &table, &all)?))
+            }
             false => Err(wrong()),
         },
         ["metrics"] if get => Ok(metrics_text(state)),
         ["v2"] if get => Ok(response::json(v2::server_metadata())),
         ["v2", "health", "live"] if get => Ok(response::empty(StatusCode::OK)),
         ["v2", "health", "ready"] if get => Ok(readiness(state)),
-        ["v2", "repository", "index"] if method == Method::POST => {
-            Ok(response::json(stats::repository_index(&state.repository, state.dispatch.all_ready())))
+        ["v2", "repository", "index"] if post => repository::index(state, req).await,
+        ["v2", "repository", "models", name, "load"] if post => repository::order(state, name, Order::Load, req).await,
+        ["v2", "repository", "models", name, "unload"] if post => {
+            repository::order(state, name, Order::Unload, req).await
         }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
                 ["versions", v, rest @ ..] => (Some(*v), rest),
                 rest => (None, rest),
             };
-            let (index, model): (u16, &Model) = state.model(name, version)?;
+            if post && rest == ["infer"] {
+                // Counted in flight on its entry until its response is made.
+                let serving = state.tables.serve(name, version)?;
+                return Ok(infer::infer(state, &serving, req).await);
+            }
+            let table = state.table();
+            let (index, model): (u16, &Model) = table::find(&table, name, version)?;
             match rest {
-                [] if get => Ok(response::json(v2::model_metadata(model))),
+                [] if get => Ok(response::json(v2::model_metadata(model, &table.versions_of(name)))),
                 ["ready"] if get => Ok(readiness(state)),
-                ["stats"] if get => Ok(response::json(stats::render(state, Some(index))?)),
+                ["stats"] if get => {
+                    // Every version of the model still loaded, or the one asked for.
+                    let entries: Vec<u16> = match version {
+                        Some(_) => vec![index],
+                        None => table::present(&table).filter(|(_, m)| m.name == *name).map(|(i, _)| i).collect(),
+                    };
+                    Ok(response::json(stats::render(state, &table, &entries)?))
+                }
                 ["config"] if get => Ok(response::json(v2::model_config(model))),
-                ["infer"] if method == Method::POST => Ok(infer::infer(state, index, model, req).await),
                 [] | ["ready"] | ["stats"] | ["config"] | ["infer"] => Err(wrong()),
                 _ => Err(ApiError::NotFound(format!("no route {path}; see docs/api.md"))),
             }
         }
-        ["v2"] | ["v2", "health", "live" | "ready"] | ["v2", "repository", "index"] | ["metrics"] => Err(wrong()),
+        ["v2"]
+        | ["v2", "health", "live" | "ready"]
+        | ["v2", "repository", "index"]
+        | ["v2", "repository", "models", _, "load" | "unload"]
+        | ["metrics"] => Err(wrong()),
         _ => Err(ApiError::NotFound(format!("no route {path}; the API is under /v2 (see docs/api.md)"))),
     }
 }

@@ -1,4 +1,4 @@
-//! The frontend's live counters, one set per model: outcomes by status, the
+//! The frontend's live counters, one set per table entry (a loaded version): outcomes by status, the
 //! `receive` and `total` stages, requests in flight. Bumped on the request
 //! path (relaxed atomics only) and read by the renderers beside this file.
 
@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use shm::stats::Histogram;
+use shm::stats::{HIST_BUCKETS, Histogram};
 
 /// Triton's failure reasons, in `nv_inference_request_failure{reason}`.
 pub(super) const REASONS: [&str; 4] = ["REJECTED", "CANCELED", "BACKEND", "OTHER"];
 
-/// What the frontend counts per model.
+/// What the frontend counts per entry.
 #[derive(Default)]
 pub(super) struct ModelCounters {
     /// Answers by HTTP status code (index: code - 100).
@@ -35,13 +35,22 @@ impl ModelCounters {
         load(&self.codes[code - 100])
     }
 
+    /// Per level with answers: the histogram's counts and sum (ns).
+    pub(super) fn by_level(&self) -> impl Iterator<Item = (u8, ([u64; HIST_BUCKETS], u64))> + '_ {
+        self.levels.iter().enumerate().filter_map(|(l, h)| {
+            let mut acc = ([0u64; HIST_BUCKETS], 0u64);
+            h.get()?.add_to(&mut acc);
+            (acc.0.iter().any(|&n| n > 0)).then_some((l as u8, acc))
+        })
+    }
+
     /// Requests in flight (never negative in a report).
     pub(super) fn inflight(&self) -> i64 {
         self.inflight.load(Ordering::Relaxed).max(0)
     }
 }
 
-/// The frontend's counters, one set per model.
+/// The frontend's counters, one set per entry (sized by the capacity).
 pub struct Metrics {
     models: Vec<ModelCounters>,
 }
@@ -62,15 +71,22 @@ impl Metrics {
     /// Per level with answers: how many, and their total nanoseconds from
     /// admission.
     pub fn answered_by_level(&self, model: u16) -> Vec<(u8, u64, u64)> {
-        let levels = &self.models[model as usize].levels;
-        (0..=255u8)
-            .filter_map(|l| levels[l as usize].get().map(|h| (l, h)))
-            .map(|(l, h)| {
-                let mut acc = ([0u64; shm::stats::HIST_BUCKETS], 0u64);
-                h.add_to(&mut acc);
-                (l, acc.0.iter().sum(), acc.1)
-            })
+        self.models[model as usize]
+            .by_level()
+            .map(|(l, acc)| (l, acc.0.iter().sum(), acc.1))
             .collect()
+    }
+
+    /// Entry `model` now holds another version: its counts start again.
+    pub fn reset(&self, model: u16) {
+        let c = &self.models[model as usize];
+        let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
+        c.codes.iter().chain(&c.failures).chain([&c.success, &c.success_us]).for_each(zero);
+        // A level's histogram, once made, stays: zeroed, it is left out of
+        // reports until it counts again.
+        for h in [&c.receive, &c.total].into_iter().chain(c.levels.iter().filter_map(|l| l.get().map(|b| &**b))) {
+            h.buckets.iter().chain([&h.sum_ns]).for_each(zero);
+        }
     }
 
     /// A request of `model` at `level` was answered `took` after admission.
@@ -166,5 +182,11 @@ mod tests {
         assert_eq!(failures, [1, 1, 1, 1]);
         assert_eq!(load(&c.codes[429 - 100]), 1);
         assert_eq!(m.model(0).inflight(), 0);
+        m.answered(0, 3, Duration::from_millis(1));
+        assert_eq!(m.answered_by_level(0).len(), 1);
+        m.reset(0);
+        let c = m.model(0);
+        assert_eq!((load(&c.success), load(&c.failures[1]), c.code(429)), (0, 0, 0));
+        assert!(m.answered_by_level(0).is_empty(), "a zeroed level is left out");
     }
 }

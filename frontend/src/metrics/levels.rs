@@ -4,8 +4,6 @@
 //! requests shed by level and reason. These show whether priority holds
 //! when the daemon is full.
 
-use shm::stats::HIST_BUCKETS;
-
 use super::{Labelled, Out};
 use crate::admission::Admission;
 
@@ -26,12 +24,8 @@ pub(super) fn render(out: &mut Out, models: &[Labelled<'_>], admission: &Admissi
         "Time from admission to the answer of successful requests (queued and computing), by priority level",
     );
     for m in models {
-        for (level, h) in m.counters.levels.iter().enumerate() {
-            if let Some(h) = h.get() {
-                let mut acc = ([0u64; HIST_BUCKETS], 0u64);
-                h.add_to(&mut acc);
-                out.histogram("highserve_level_duration_seconds", &format!("{},level=\"{level}\"", m.labels), &acc);
-            }
+        for (level, acc) in m.counters.by_level() {
+            out.histogram("highserve_level_duration_seconds", &format!("{},level=\"{level}\"", m.labels), &acc);
         }
     }
     out.family(

@@ -40,7 +40,8 @@ pub use counters::{Metrics, Track};
 
 /// What a scrape reads.
 pub struct Scrape<'a> {
-    pub repository: &'a Repository,
+    /// The table when the scrape began.
+    pub repository: Arc<Repository>,
     pub counters: &'a Metrics,
     pub region: &'a Arc<Region>,
     pub admission: &'a Admission,
@@ -57,19 +58,17 @@ struct Labelled<'a> {
 /// Renders every metric.
 pub fn render(scrape: &Scrape<'_>) -> String {
     let mut out = Out { text: String::with_capacity(64 << 10) };
-    let models: Vec<Labelled<'_>> = scrape
-        .repository
-        .models
-        .iter()
-        .enumerate()
+    // Every entry of the table but those unloaded, each labelled with its
+    // model and version.
+    let models: Vec<Labelled<'_>> = crate::table::present(&scrape.repository)
         .map(|(i, model)| Labelled {
-            index: i as u16,
+            index: i,
             labels: format!("model=\"{}\",version=\"{}\"", model.name, model.latest()),
-            counters: scrape.counters.model(i),
+            counters: scrape.counters.model(i as usize),
         })
         .collect();
     triton::render(&mut out, &models, scrape.region);
-    stages::render(&mut out, &models, scrape.repository, scrape.region);
+    stages::render(&mut out, &models, &scrape.repository, scrape.region);
     serving::render(&mut out, &models, scrape);
     levels::render(&mut out, &models, scrape.admission);
     rings::render(&mut out, scrape.region);

@@ -2,11 +2,12 @@
 //! bodies, shaped as Triton sends them: tritonclient returns these JSON
 //! objects to the user as they are.
 
-use model_repo::{Model, TensorConfig};
+use model_repo::{Model, TensorConfig, VersionPolicy};
 use serde_json::{Value, json};
 
 /// Protocol extensions this server implements, as named in Triton's list.
-const EXTENSIONS: [&str; 4] = ["classification", "binary_tensor_data", "model_configuration", "statistics"];
+const EXTENSIONS: [&str; 5] =
+    ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository"];
 
 /// `GET /v2`.
 pub fn server_metadata() -> Vec<u8> {
@@ -19,15 +20,16 @@ pub fn server_metadata() -> Vec<u8> {
 }
 
 /// `GET /v2/models/{name}`: shapes as clients send them, with -1 for the
-/// batch dimension and any variable dimension. The platform is Triton's name
-/// for the ONNX Runtime backend, which clients may switch on.
-pub fn model_metadata(model: &Model) -> Vec<u8> {
+/// batch dimension and any variable dimension; `versions`: every ready
+/// version of the model. The platform is Triton's name for the ONNX Runtime
+/// backend, which clients may switch on.
+pub fn model_metadata(model: &Model, versions: &[u64]) -> Vec<u8> {
     let tensors = |list: &[TensorConfig]| -> Vec<Value> {
         list.iter()
             .map(|t| json!({"name": t.name, "datatype": t.datatype.name(), "shape": model.config.full_shape(t)}))
             .collect()
     };
-    let versions: Vec<String> = model.versions.iter().map(u64::to_string).collect();
+    let versions: Vec<String> = versions.iter().map(u64::to_string).collect();
     let meta = json!({
         "name": model.name,
         "versions": versions,
@@ -53,7 +55,7 @@ pub fn model_config(model: &Model) -> Vec<u8> {
         "name": model.name,
         "platform": c.platform(),
         "backend": if c.pipeline.is_some() { "pipeline" } else { "onnxruntime" },
-        "version_policy": { "latest": { "num_versions": 1 } },
+        "version_policy": version_policy(&c.version_policy),
         "max_batch_size": c.max_batch_size,
         "input": tensors(&c.inputs),
         "output": tensors(&c.outputs),
@@ -67,6 +69,15 @@ pub fn model_config(model: &Model) -> Vec<u8> {
         });
     }
     cfg.to_string().into_bytes()
+}
+
+/// The model's version policy, as Triton's config writes it.
+fn version_policy(p: &VersionPolicy) -> Value {
+    match p {
+        VersionPolicy::Latest { num_versions } => json!({ "latest": { "num_versions": num_versions } }),
+        VersionPolicy::All {} => json!({ "all": {} }),
+        VersionPolicy::Specific { versions } => json!({ "specific": { "versions": versions } }),
+    }
 }
 
 /// Triton's config names for the v2 datatypes (`FP32` → `FP32`, `BYTES` → `STRING`).

@@ -260,10 +260,11 @@ fn metadata_has_what_tritonclient_returns() {
     assert_eq!(meta["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(
         meta["extensions"],
-        json!(["classification", "binary_tensor_data", "model_configuration", "statistics"])
+        json!(["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository"])
     );
 
-    let meta: Value = serde_json::from_slice(&model_metadata(&model("cls", IMAGE))).unwrap();
+    // Every ready version of the model, as the table lists them.
+    let meta: Value = serde_json::from_slice(&model_metadata(&model("cls", IMAGE), &[1, 3])).unwrap();
     assert_eq!(
         meta,
         json!({
