@@ -142,20 +142,3 @@ fn device_inputs_give_the_outputs_of_host_inputs() {
         assert!(d <= 1e-6, "{d}");
     }
 }
-
-#[test]
-fn scratch_warmup_ones() {
-    for (name, shape) in [("ppocr_det", vec![1i64, 3, 1, 1]), ("ppocr_rec", vec![1, 3, 48, 1]), ("ppocr_cls", vec![1, 3, 48, 192])] {
-        let n: i64 = shape.iter().product();
-        let data = vec![0f32; n as usize];
-        let input = crate::backend::TensorView { dtype: shm::tensor::DType::F32, shape: &shape, data: bytemuck::cast_slice(&data) };
-        let mut o = ort(name);
-        let t = std::time::Instant::now();
-        let r = o.run(&[input], &mut |_| {});
-        eprintln!("ORT {name}: {:?} {:?}", r.err().map(|e| e.to_string()), t.elapsed());
-        let mut tr = tract(name, false);
-        let t = std::time::Instant::now();
-        let r = tr.run(&[input], &mut |_| {});
-        eprintln!("tract {name}: {:?} {:?}", r.err().map(|e| e.to_string()), t.elapsed());
-    }
-}
