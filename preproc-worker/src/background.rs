@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use model_repo::Repository;
+use model_repo::control::Live;
 use shm::mailbox::SelfWaker;
 use shm::{Descriptor, Peers, ProcId};
 
@@ -57,7 +57,7 @@ impl Background {
     /// wakes the main thread's inbox when a job is done.
     pub fn start(
         peers: Arc<Peers>,
-        repository: Arc<Repository>,
+        models: Arc<Live>,
         mut tensorize: Tensorize,
         waker: SelfWaker,
     ) -> std::io::Result<Background> {
@@ -71,7 +71,7 @@ impl Background {
             for job in rx {
                 let _span = tracing::debug_span!("request", request_id = job.desc.request_id).entered();
                 let started = Instant::now();
-                let wait = match tensorize.run(&peers, &repository, job.from, &job.desc) {
+                let wait = match tensorize.run(&peers, &models.get(), job.from, &job.desc) {
                     Err(f) if f.no_worker => Some((job.from, job.desc)),
                     Err(f) => {
                         peers.fail(&job.desc, None, f.status, &f.message);

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use model_repo::Repository;
+use model_repo::control::{Live, Notify, Report, Upstream};
 use sched::{Active, FairQueue};
 use shm::mailbox::Wiring;
 use shm::{Descriptor, Inbox, Kind, Peers, ProcId, ShmError};
@@ -59,7 +60,8 @@ pub enum WorkerError {
 
 struct Worker {
     peers: Arc<Peers>,
-    repository: Arc<Repository>,
+    /// The model table; replaced whole when the supervisor changes it.
+    models: Arc<Live>,
     tensorize: Tensorize,
     engine: Engine,
     cancelled: shm::cancel::Recent,
@@ -86,13 +88,14 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         peers.outbox(to).map_err(|_| WorkerError::NoLane { from: me, to })?;
     }
     let tensorize = || Tensorize::new(cfg.limits, cfg.dct_scaling, cfg.gpu_decode);
-    let background = Background::start(peers.clone(), cfg.repository.clone(), tensorize(), cfg.wiring.self_waker())
+    let models = Arc::new(Live::new(cfg.repository.clone()));
+    let background = Background::start(peers.clone(), models.clone(), tensorize(), cfg.wiring.self_waker())
         .map_err(WorkerError::Thread)?;
     let mut worker = Worker {
         engine: Engine::new(&cfg.repository, cfg.limits).map_err(WorkerError::Pipeline)?,
-        queue: FairQueue::new(&cfg.repository.models.iter().map(|m| m.config.weight).collect::<Vec<_>>()),
+        queue: FairQueue::new(&weights(&cfg.repository)),
         peers,
-        repository: cfg.repository,
+        models,
         tensorize: tensorize(),
         cancelled: Default::default(),
         levels: Active::default(),
@@ -101,7 +104,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         later: Vec::new(),
     };
     let mut inbox: Inbox = cfg.wiring.inbox();
-    tracing::info!("preproc worker up ({} models)", worker.repository.models.len());
+    tracing::info!("preproc worker up ({} models)", cfg.repository.names().len());
     on_ready();
     let mut next_sweep = shm::now_ns();
     while !shutdown.load(Ordering::Acquire) {
@@ -119,6 +122,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
         } else {
             Duration::from_millis(500)
         };
+        while let Ok(table) = cfg.updates.try_recv() {
+            worker.models_changed(table, &cfg.notify);
+        }
         while let Some((tenant, ns, wait)) = worker.background.finished() {
             worker.queue.charge(tenant, ns);
             worker.later.extend(wait);
@@ -168,7 +174,25 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_ready: impl FnOnce()) -> R
     Ok(())
 }
 
+/// Each model's share of the worker (`weight`), by entry.
+fn weights(table: &Repository) -> Vec<u32> {
+    table.models.iter().map(|m| m.config.weight).collect()
+}
+
 impl Worker {
+    /// The supervisor changed the model table: work by the new one (the
+    /// pipelines' model steps go to the entries now serving their models),
+    /// and say so.
+    fn models_changed(&mut self, table: Arc<Repository>, notify: &Notify) {
+        for e in self.engine.set_pipelines(&table) {
+            tracing::error!("pipeline left out of the new model table: {e}");
+        }
+        self.queue.set_weights(&weights(&table));
+        let generation = table.generation;
+        self.models.set(table);
+        notify(Upstream::Report(Report::Applied { generation }));
+    }
+
     /// Queues what arrived; a cancellation acts at once.
     fn take(&mut self, from: ProcId, d: Descriptor) {
         if d.kind() == Some(Kind::Cancel) {
@@ -236,14 +260,15 @@ impl Worker {
 
     fn handle(&mut self, from: ProcId, d: Descriptor) {
         let _span = tracing::debug_span!("request", request_id = d.request_id).entered();
-        let Worker { peers, repository, tensorize, engine, .. } = self;
+        let repository = self.models.get();
+        let Worker { peers, tensorize, engine, .. } = self;
         let result = match d.kind() {
             Some(Kind::Images) if engine.is_pipeline(d.model) => start_pipeline(peers, engine, from, &d),
-            Some(Kind::Images) => tensorize.run(peers, repository, from, &d),
+            Some(Kind::Images) => tensorize.run(peers, &repository, from, &d),
             Some(Kind::Outputs) if engine.owns(d.request_id) => {
                 failure::ready_gpu(peers).and_then(|gpu| engine.on_outputs(&Io { peers, gpu }, from, &d))
             }
-            Some(Kind::Outputs) => postprocess::run(peers, repository, from, &d),
+            Some(Kind::Outputs) => postprocess::run(peers, &repository, from, &d),
             other => {
                 // A buggy peer; free the slot if it really is ours and move on.
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");

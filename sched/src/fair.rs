@@ -29,6 +29,14 @@ impl Fairness {
         }
     }
 
+    /// New shares (tenants appear as models are loaded); virtual times stay.
+    pub fn set_weights(&mut self, weights: &[u32]) {
+        for (t, &w) in weights.iter().enumerate() {
+            self.grow(t);
+            self.weights[t] = w.max(1);
+        }
+    }
+
     /// The tenant's place in line: smaller goes first.
     pub fn key(&self, tenant: usize) -> f64 {
         self.vt.get(tenant).copied().unwrap_or(self.now)

@@ -91,6 +91,11 @@ impl<T> FairQueue<T> {
         others.into_iter().any(|t| t != tenant && self.fair.key(t) < mine)
     }
 
+    /// New shares, as models are loaded and unloaded.
+    pub fn set_weights(&mut self, weights: &[u32]) {
+        self.fair.set_weights(weights);
+    }
+
     /// What serving one of the tenant's items cost.
     pub fn charge(&mut self, tenant: usize, cost: f64) {
         self.fair.charge(tenant, cost);

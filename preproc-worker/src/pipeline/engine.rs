@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use model_repo::{Repository, Step};
+use model_repo::{ModelState, Repository, Step};
 use shm::desc::FLAG_POSTPROCESS;
 use shm::stats::{MAX_STEPS, step_stats};
 use shm::tensor::{self, TensorSpec};
@@ -90,22 +90,44 @@ impl Engine {
     /// Builds every pipeline of the repository: resolves its model steps'
     /// names, and builds its CPU steps (which load what they need).
     pub fn new(repo: &Repository, limits: DecodeLimits) -> Result<Engine, String> {
-        let mut defs = Vec::new();
-        for (i, m) in repo.models.iter().enumerate() {
-            let Some(p) = &m.config.pipeline else { continue };
-            let mut steps = Vec::new();
-            for s in &p.steps {
-                steps.push(match s {
-                    Step::Model { model } => {
-                        let (mi, _) = repo.get(model).ok_or_else(|| format!("{}: no model `{model}`", m.name))?;
-                        PipelineStep::Model(mi)
-                    }
-                    cpu => PipelineStep::Cpu(registry::cpu_step(cpu, repo).map_err(|e| format!("{}: {e}", m.name))?),
-                });
-            }
-            defs.push(Def { index: i as u16, name: m.name.clone(), steps });
+        let mut engine = Engine::with_pipelines(Vec::new(), limits)?;
+        match engine.set_pipelines(repo).as_slice() {
+            [] => Ok(engine),
+            errors => Err(errors.join("; ")),
         }
-        Engine::with_pipelines(defs, limits)
+    }
+
+    /// Builds every serving pipeline of `repo` (READY or UNLOADING) anew:
+    /// its model steps go to the entries serving their models now. Requests
+    /// under way carry on with the new definitions. Returns the pipelines
+    /// that could not be built, which are left out.
+    pub fn set_pipelines(&mut self, repo: &Repository) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut defs = HashMap::new();
+        let serving = |m: &&model_repo::Model| matches!(m.state, ModelState::Ready | ModelState::Unloading);
+        for (i, m) in repo.models.iter().enumerate().filter(|(_, m)| serving(m)) {
+            let Some(p) = &m.config.pipeline else { continue };
+            let steps: Result<Vec<PipelineStep>, String> = p
+                .steps
+                .iter()
+                .map(|s| match s {
+                    Step::Model { model } => repo
+                        .get(model)
+                        .map(|(mi, _)| PipelineStep::Model(mi))
+                        .ok_or_else(|| format!("{}: no model `{model}` is ready", m.name)),
+                    cpu => registry::cpu_step(cpu, repo).map(PipelineStep::Cpu).map_err(|e| format!("{}: {e}", m.name)),
+                })
+                .collect();
+            match steps {
+                Ok(steps) if steps.len() < MAX_STEPS => {
+                    defs.insert(i as u16, Arc::new(Def { index: i as u16, name: m.name.clone(), steps }));
+                }
+                Ok(steps) => errors.push(format!("{}: {} steps; at most {}", m.name, steps.len(), MAX_STEPS - 1)),
+                Err(e) => errors.push(e),
+            }
+        }
+        self.defs = defs;
+        errors
     }
 
     /// An engine for pipelines whose steps are built already.

@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod cli;
+
+pub use self::cli::Overrides;
+use crate::models::Mode;
+
 /// A byte size written as an integer or as "64MiB" / "256KiB" / "1GiB".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ByteSize(pub u64);
@@ -96,6 +101,23 @@ pub struct Models {
     /// swapped, and for models loaded later.
     #[serde(default = "max_models")]
     pub max_models: u32,
+    /// How models come and go while serving (`--model-control-mode`).
+    #[serde(default = "control_mode")]
+    pub control_mode: Mode,
+    /// Explicit mode: the models loaded at start-up (`*`: all; none: none).
+    #[serde(default)]
+    pub load_model: Vec<String>,
+    /// Poll mode: seconds between scans of the repository directory.
+    #[serde(default = "poll_secs")]
+    pub repository_poll_secs: u64,
+}
+
+fn control_mode() -> Mode {
+    Mode::None
+}
+
+fn poll_secs() -> u64 {
+    15
 }
 
 fn max_models() -> u32 {
@@ -195,37 +217,8 @@ pub struct Log {
     pub level: String,
 }
 
-/// Flags that override the file (each also readable from the environment).
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct Overrides {
-    /// Address to listen on
-    #[arg(long, env = "HIGHSERVE_HOST")]
-    pub host: Option<String>,
-    /// Port to listen on; 0 picks a free one
-    #[arg(long, env = "HIGHSERVE_PORT")]
-    pub port: Option<u16>,
-    /// Preproc worker processes; 0 = one per core
-    #[arg(long, env = "HIGHSERVE_PREPROC_WORKERS")]
-    pub preproc_workers: Option<u32>,
-    /// Model repository directory
-    #[arg(long, env = "HIGHSERVE_MODELS")]
-    pub models: Option<PathBuf>,
-    /// Load only these models (comma-separated)
-    #[arg(long, env = "HIGHSERVE_LOAD", value_delimiter = ',')]
-    pub load: Option<Vec<String>>,
-    /// Also serve /metrics on this port
-    #[arg(long, env = "HIGHSERVE_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
-    /// Log format
-    #[arg(long, env = "HIGHSERVE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Where models run: auto, gpu or cpu
-    #[arg(long, env = "HIGHSERVE_DEVICE")]
-    pub device: Option<DeviceChoice>,
-}
-
 /// `a/configs/../models` → `a/models` when the path exists (for readable logs).
-fn tidy(p: PathBuf) -> PathBuf {
+pub(super) fn tidy(p: PathBuf) -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
@@ -244,32 +237,28 @@ impl Config {
         Ok(cfg)
     }
 
-    fn apply(&mut self, o: &Overrides) {
-        if let Some(h) = &o.host {
-            self.server.host = h.clone();
+    /// Model control changes the daemon: beyond loopback only with a token.
+    fn validate_model_control(&self) -> anyhow::Result<()> {
+        let m = &self.models;
+        if !m.load_model.is_empty() && m.control_mode != Mode::Explicit {
+            bail!("--load-model (models.load_model) needs --model-control-mode explicit");
         }
-        if let Some(p) = o.port {
-            self.server.port = p;
+        if m.control_mode == Mode::Poll && m.repository_poll_secs == 0 {
+            bail!("--repository-poll-secs must be at least 1");
         }
-        if let Some(n) = o.preproc_workers {
-            self.preproc.workers = n;
+        if self.server.admin_token.as_ref().is_some_and(|t| t.is_empty()) {
+            bail!("--admin-token (HIGHSERVE_ADMIN_TOKEN) is empty; give a token or leave it unset");
         }
-        if let Some(m) = &o.models {
-            // A flag is relative to the working directory, not to the file.
-            self.models.repository = tidy(std::env::current_dir().map(|d| d.join(m)).unwrap_or_else(|_| m.clone()));
+        let loopback = self.server.host == "localhost"
+            || self.server.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if m.control_mode != Mode::None && !loopback && self.server.admin_token.is_none() {
+            bail!(
+                "model control (--model-control-mode {}) lets clients load and unload models, and {} is not a                  loopback address: set --admin-token or HIGHSERVE_ADMIN_TOKEN (load and unload then need                  `Authorization: Bearer <token>`), or listen on 127.0.0.1",
+                if m.control_mode == Mode::Poll { "poll" } else { "explicit" },
+                self.server.host
+            );
         }
-        if let Some(l) = &o.load {
-            self.models.load = l.clone();
-        }
-        if let Some(p) = o.metrics_port {
-            self.server.metrics_port = Some(p);
-        }
-        if let Some(f) = o.log_format {
-            self.log.format = f;
-        }
-        if let Some(d) = o.device {
-            self.inference.device = d;
-        }
+        Ok(())
     }
 
     /// Checks the values that have a valid range; the messages name the key.
@@ -283,6 +272,7 @@ impl Config {
         if self.server.max_body_bytes.0 == 0 {
             bail!("server.max_body_bytes must be positive");
         }
+        self.validate_model_control()?;
         if !(0.0..=0.5).contains(&self.server.priority_headroom) {
             bail!("server.priority_headroom = {}; 0 to 0.5 are accepted", self.server.priority_headroom);
         }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use model_repo::Repository;
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
 use shm::{LayoutParams, ProcId, Region, Role, SlotClass, SlotPool, Topology};
@@ -29,10 +28,13 @@ use crate::control::{ChildSpec, FromChild, Start, ToChild};
 use crate::notify::Notifier;
 use crate::restart::{Decision, RestartPolicy};
 
+mod models;
+
 enum Event {
     Exited { proc: ProcId, generation: u64, status: std::io::Result<ExitStatus> },
     Ready { proc: ProcId, generation: u64, addr: Option<String> },
     RestartDue { proc: ProcId },
+    Upstream { proc: ProcId, generation: u64, message: model_repo::control::Upstream },
 }
 
 struct Child {
@@ -45,7 +47,8 @@ struct Child {
 
 pub struct Supervisor {
     cfg: Config,
-    repository: Repository,
+    /// The loaded table and every change to it.
+    models: crate::models::Manager<crate::models::Disk>,
     run_dir: Option<PathBuf>,
     region: Arc<Region>,
     efds: Vec<Arc<OwnedFd>>,
@@ -65,15 +68,7 @@ fn slot_classes(cfg: &Config) -> Vec<SlotClass> {
 
 impl Supervisor {
     pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
-        let load = (!cfg.models.load.is_empty()).then_some(cfg.models.load.as_slice());
-        let repository = Repository::load(&cfg.models.repository, load)?;
-        if repository.models.len() > cfg.models.max_models as usize {
-            bail!(
-                "{} model versions load at start-up; the limit is {} (config: models.max_models)",
-                repository.models.len(),
-                cfg.models.max_models
-            );
-        }
+        let repository = models::initial(&cfg)?;
         // A model that decodes on the GPU needs nvJPEG there too: without it,
         // `auto` runs on the CPU and `gpu` refuses to start, naming it.
         let nvjpeg = repository.models.iter().any(|m| m.config.decodes_on_gpu());
@@ -128,9 +123,23 @@ impl Supervisor {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let notifier = Notifier::from_env();
+        let procs = crate::models::Procs {
+            frontend: ProcId::FRONTEND,
+            gpus: (0..topology.gpus).map(|i| topology.gpu(i)).collect(),
+            preprocs: (0..topology.preprocs).map(|i| topology.preproc(i)).collect(),
+        };
+        let largest_slot = slot_classes(&cfg).iter().map(|c| c.size).max().unwrap_or(0);
+        let models = crate::models::Manager::new(
+            crate::models::Disk(cfg.models.repository.clone()),
+            cfg.models.control_mode,
+            repository,
+            cfg.models.max_models as usize,
+            largest_slot,
+            procs,
+        );
         Ok(Supervisor {
             cfg,
-            repository,
+            models,
             run_dir,
             region,
             efds,
@@ -197,7 +206,7 @@ impl Supervisor {
         let (read, mut write) = tokio::net::UnixStream::from_std(ours)?.into_split();
         let spec = ChildSpec {
             config: self.cfg.clone(),
-            repository: self.repository.clone(),
+            repository: self.models.table().clone(),
             shm_fd: self.region.fd().context("memfd region has an fd")?.as_raw_fd(),
             efds: self.efds.iter().map(|e| e.as_fd().as_raw_fd()).collect(),
             run_dir: self.run_dir.clone(),
@@ -217,9 +226,15 @@ impl Supervisor {
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                if let Ok(FromChild::Ready { addr }) = serde_json::from_str(&l) {
-                    let _ = tx.send(Event::Ready { proc, generation, addr });
-                }
+                let event = match serde_json::from_str(&l) {
+                    Ok(FromChild::Ready { addr }) => Event::Ready { proc, generation, addr },
+                    Ok(FromChild::Upstream { message }) => Event::Upstream { proc, generation, message },
+                    Err(e) => {
+                        tracing::warn!("a message from {proc:?} that does not parse ({e}); ignored");
+                        continue;
+                    }
+                };
+                let _ = tx.send(event);
             }
         });
         Ok(())
@@ -285,14 +300,15 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        tracing::info!("highserve ready on http://{addr} ({} models)", self.repository.models.len());
+        let serving = self.models.table().names().len();
+        tracing::info!("highserve ready on http://{addr} ({serving} models)");
         if let Some(dir) = &self.run_dir {
             let tmp = dir.join("ready.tmp");
             std::fs::write(&tmp, format!("http://{addr}\n"))?;
             std::fs::rename(&tmp, dir.join("ready"))?;
         }
         if let Some(n) = &self.notifier {
-            n.send(&format!("READY=1\nSTATUS=serving {} models on http://{addr}", self.repository.models.len()));
+            n.send(&format!("READY=1\nSTATUS=serving {serving} models on http://{addr}"));
         }
         // Health checks run every second (or every half watchdog period, if
         // systemd asked for a shorter one); pings go out only when healthy.
@@ -300,11 +316,15 @@ impl Supervisor {
         let period = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
         let mut checks = tokio::time::interval(period);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let polling = self.cfg.models.control_mode == crate::models::Mode::Poll;
+        let mut poll = tokio::time::interval(Duration::from_secs(self.cfg.models.repository_poll_secs.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {
             tokio::select! {
                 _ = term.recv() => break 0,
                 _ = int.recv() => break 0,
                 _ = checks.tick() => self.check_health(watchdog.is_some()),
+                _ = poll.tick(), if polling => self.model_control(crate::models::Input::Poll).await,
                 ev = self.rx.recv() => match ev {
                     Some(ev) => if let Some(code) = self.handle(ev).await { break code },
                     None => break 1,
@@ -366,6 +386,8 @@ impl Supervisor {
             Event::Ready { proc, generation, .. } if self.current(proc, generation) => {
                 self.region.set_proc_state(proc, ProcState::Ready);
                 tracing::info!("{} ready again", self.children[&proc].role.name());
+                // It started with the current table, whatever it was told before.
+                self.model_control(crate::models::Input::Restarted { proc }).await;
                 None
             }
             Event::RestartDue { proc } => match self.spawn(proc).await {
@@ -375,6 +397,10 @@ impl Supervisor {
                     Some(1)
                 }
             },
+            Event::Upstream { proc, generation, message } if self.current(proc, generation) => {
+                self.upstream(proc, message).await;
+                None
+            }
             Event::Exited { proc, generation, status } if self.current(proc, generation) => {
                 self.on_exit(proc, status).await
             }
