@@ -10,8 +10,8 @@ use model_repo::Repository;
 use model_repo::control::{Notify, Secret};
 
 use crate::admission::Admission;
-use crate::dispatch::Dispatch;
 use crate::control::Orders;
+use crate::dispatch::Dispatch;
 use crate::metrics::{Metrics, Scrape};
 use crate::table::Tables;
 

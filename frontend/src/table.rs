@@ -155,7 +155,12 @@ pub fn find<'t>(table: &'t Repository, name: &str, version: Option<&str>) -> Res
     let Some(v) = version else { return Ok(latest) };
     v.parse::<u64>().ok().and_then(|v| table.get_version(name, v)).ok_or_else(|| {
         let ready: Vec<String> = table.versions_of(name).iter().map(u64::to_string).collect();
-        ApiError::NotFound(format!("model `{name}` has no ready version `{v}`; ready: {}", ready.join(", ")))
+        ApiError::NotFound(format!(
+            "model `{name}` has no ready version `{v}`; ready: {} (the latest loaded version is {}, which requests \
+             without a version go to)",
+            ready.join(", "),
+            latest.1.latest()
+        ))
     })
 }
 
@@ -165,7 +170,10 @@ pub fn find<'t>(table: &'t Repository, name: &str, version: Option<&str>) -> Res
 pub fn reused(old: Option<&Model>, new: &Model) -> bool {
     new.state != ModelState::Unloaded
         && old.is_none_or(|o| {
-            o.state == ModelState::Unloaded || o.name != new.name || o.versions != new.versions || o.config != new.config
+            o.state == ModelState::Unloaded
+                || o.name != new.name
+                || o.versions != new.versions
+                || o.config != new.config
         })
 }
 

@@ -6,7 +6,6 @@
 //! copied there.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use model_repo::{ModelState, Repository};
 use serde_json::{Value, json};
@@ -35,18 +34,6 @@ fn ready_only(body: &[u8]) -> Result<bool, ApiError> {
     }
 }
 
-/// The model directories under `root` (those with a `config.toml`); none
-/// when it cannot be read (the loaded models are listed all the same).
-fn on_disk(root: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root) else { return vec![] };
-    entries
-        .flatten()
-        .filter(|e| e.path().join("config.toml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|name| super::check_name(name).is_ok())
-        .collect()
-}
-
 /// The index of `table` and its repository directory; `workers_ready`:
 /// whether every worker is ready.
 pub fn render(table: &Repository, workers_ready: bool, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -65,7 +52,9 @@ pub fn render(table: &Repository, workers_ready: bool, body: &[u8]) -> Result<Ve
         }
         by_name.entry(&m.name).or_default().push((m.latest(), item));
     }
-    let disk = on_disk(&table.root);
+    // Those not loaded; none when the directory cannot be read (the
+    // loaded ones are listed all the same).
+    let disk = model_repo::catalog(&table.root);
     for name in &disk {
         by_name.entry(name).or_insert_with(|| {
             let reason = table.failures.get(name).map(String::as_str).unwrap_or("unloaded");

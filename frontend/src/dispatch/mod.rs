@@ -223,12 +223,17 @@ impl Dispatch {
         }
         let (tx, rx) = oneshot::channel();
         let mut entry = Entry { tx: Some(tx), desc: d, target, lent: slot, at: None, attempt: 0, linger_until_ns: 0 };
+        // Sent under the lock, and entered before it is released: an answer
+        // that comes back at once waits for the entry in `complete` instead
+        // of finding none (which lost the request to its timeout).
+        let mut pending = self.pending();
         // Dropping `entry` on an error frees the slot: nobody was lent it.
         if !self.send(&mut entry)? {
             self.unsettled.fetch_add(1, Ordering::Relaxed);
             self.waker.wake();
         }
-        self.pending().insert(d.request_id, entry);
+        pending.insert(d.request_id, entry);
+        drop(pending);
         Ok(Ticket { dispatch: self.clone(), id: d.request_id, rx: Some(rx), answered: false })
     }
 

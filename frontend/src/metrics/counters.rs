@@ -71,10 +71,7 @@ impl Metrics {
     /// Per level with answers: how many, and their total nanoseconds from
     /// admission.
     pub fn answered_by_level(&self, model: u16) -> Vec<(u8, u64, u64)> {
-        self.models[model as usize]
-            .by_level()
-            .map(|(l, acc)| (l, acc.0.iter().sum(), acc.1))
-            .collect()
+        self.models[model as usize].by_level().map(|(l, acc)| (l, acc.0.iter().sum(), acc.1)).collect()
     }
 
     /// Entry `model` now holds another version: its counts start again.

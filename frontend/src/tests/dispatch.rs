@@ -44,7 +44,7 @@ fn worker(
 }
 
 /// `add`: y = x + 1, written over the request in its own slot.
-fn add_one(d: &Descriptor, slot: &mut Slot) -> Option<Descriptor> {
+pub(super) fn add_one(d: &Descriptor, slot: &mut Slot) -> Option<Descriptor> {
     let metas = tensor::read_table(slot.as_slice(), d.offset as usize, d.len as usize).unwrap();
     let x = &slot.as_slice()[metas[0].offset..metas[0].offset + metas[0].len];
     let y: Vec<u8> =

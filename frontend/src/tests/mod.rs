@@ -4,24 +4,28 @@
 //! threads standing in for the workers.
 
 mod admission;
+mod control;
 mod dispatch;
 mod routing;
+mod table;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use model_repo::{Model, ModelConfig, Repository};
+use model_repo::control::{Secret, Upstream};
+use model_repo::{Model, ModelConfig, ModelState, Repository};
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
 use shm::{Inbox, LayoutParams, Peers, ProcId, Region, SlotClass, Topology};
 
 use crate::dispatch::{Dispatch, Receiver};
-use crate::state::{Limits, State};
+use crate::state::{Control, Limits, State};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A tensor model: two FP32 numbers in, two out; one request at a time.
 pub const ADD: &str = "max_batch_size = 4\nmax_inflight = 1\n\
@@ -48,6 +52,11 @@ pub fn model(name: &str, config: &str) -> Model {
     }
 }
 
+/// Version `version` of `name`, in `state`.
+pub fn version(name: &str, config: &str, version: u64, state: ModelState) -> Model {
+    Model { versions: vec![version], state, ..model(name, config) }
+}
+
 pub fn limits() -> Limits {
     Limits {
         max_body_bytes: 1 << 20,
@@ -60,19 +69,26 @@ pub fn limits() -> Limits {
 }
 
 /// A frontend over a heap region of one inference worker and one preproc
-/// worker (both ready), serving `add` (index 0) and `cls` (index 1).
+/// worker (both ready), serving `add` (index 0) and `cls` (index 1), with
+/// room for four entries; what it sends the supervisor is kept.
 pub struct Harness {
     pub state: Arc<State>,
     region: Arc<Region>,
     efds: Vec<Arc<OwnedFd>>,
+    upstream: Mutex<UnboundedReceiver<Upstream>>,
     _receiver: Receiver,
 }
 
 impl Harness {
     pub fn new(limits: Limits) -> Harness {
+        Harness::with_token(limits, None)
+    }
+
+    /// One whose load and unload need `token`, when given.
+    pub fn with_token(limits: Limits, token: Option<&str>) -> Harness {
         let topology = Topology { gpus: 1, preprocs: 1 };
         let classes = [SlotClass { size: 64 << 10, count: 8 }];
-        let params = LayoutParams::new(topology, 2, 8, &classes).unwrap();
+        let params = LayoutParams::new(topology, 4, 8, &classes).unwrap();
         let region = Arc::new(Region::heap(&params).unwrap());
         let efds: Vec<Arc<OwnedFd>> = (0..topology.procs())
             .map(|_| Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap()))
@@ -89,7 +105,40 @@ impl Harness {
             generation: 0,
             failures: Default::default(),
         });
-        Harness { state: Arc::new(State::new(dispatch, repository, limits)), region, efds, _receiver: receiver }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = Control {
+            notify: Arc::new(move |u| {
+                let _ = tx.send(u);
+            }),
+            admin_token: token.map(|t| Secret::new(t.into())),
+        };
+        let state = Arc::new(State::new(dispatch, repository, limits, control));
+        Harness { state, region, efds, upstream: Mutex::new(rx), _receiver: receiver }
+    }
+
+    /// Applies a table of `models` (generation: the last one's plus one),
+    /// as the supervisor's `Models` command does.
+    pub fn apply(&self, models: Vec<Model>) {
+        let old = self.state.table();
+        let table = Repository { models, generation: old.generation + 1, ..(*old).clone() };
+        self.state.apply(Arc::new(table));
+    }
+
+    /// What the frontend sent the supervisor so far and was not taken yet.
+    pub fn sent(&self) -> Vec<Upstream> {
+        let mut rx = self.upstream.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// The next thing the frontend sends the supervisor (within 10 s).
+    pub async fn next_sent(&self) -> Upstream {
+        for _ in 0..1000 {
+            if let Ok(u) = self.upstream.lock().unwrap().try_recv() {
+                return u;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the frontend sent nothing upstream within 10 s");
     }
 
     pub fn topology(&self) -> Topology {

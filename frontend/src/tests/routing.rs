@@ -18,7 +18,11 @@ async fn unknown_routes_and_models_say_what_exists() {
     let r = h.call(Method::POST, "/v2/models/nope/infer", &[], b"{}").await;
     assert_eq!((r.status.as_u16(), r.error()), (404, "unknown model `nope`; available models: add, cls".into()));
     let r = h.get("/v2/models/add/versions/7").await;
-    assert_eq!(r.error(), "model `add` has no loaded version `7`; the loaded version is 1");
+    assert_eq!(
+        r.error(),
+        "model `add` has no ready version `7`; ready: 1 (the latest loaded version is 1, which requests without a \
+         version go to)"
+    );
     let r = h.get("/v2/models/add/versions/1/explain").await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
