@@ -52,6 +52,8 @@ pub enum BackendError {
     Output { name: String, message: String },
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("warm-up on one batch of zeros (input shapes {shapes}) failed: {source}")]
+    Warmup { shapes: String, source: Box<BackendError> },
 }
 
 /// Device memory a GPU backend handed out for one input of the next batch

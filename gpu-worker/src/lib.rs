@@ -4,10 +4,12 @@
 //! threads and never on an async runtime; the scheduler thread never blocks on
 //! I/O or on a backend.
 //!
-//! The way through: `worker` runs the process loop; `load` starts each
-//! model's instances; `scheduler` queues requests (one [`batcher`] state per
-//! model) and hands batches to idle instances; `instance` gathers, runs the
-//! [`backend`] and scatters the outputs.
+//! The way through: `worker` runs the process loop; `lifecycle` follows the
+//! supervisor's tables (models loaded, swapped and unloaded while serving);
+//! `load` starts (and warms up) each model's instances; `scheduler` queues
+//! requests (one [`batcher`] state per loaded entry) and hands batches to
+//! idle instances; `instance` gathers, runs the [`backend`] and scatters the
+//! outputs.
 //!
 //! `unsafe` is allowed only in [`cuda`] (STYLE.md).
 
@@ -19,6 +21,7 @@ pub mod cuda;
 mod error;
 pub mod frame;
 mod instance;
+mod lifecycle;
 mod load;
 pub mod onnx;
 mod request;

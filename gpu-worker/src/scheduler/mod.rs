@@ -4,6 +4,9 @@
 //! while the model is busy). Which model's queue gets a free instance is
 //! the pure [`turns`]'s decision; this module does the I/O around it:
 //! accept a descriptor, cancel, hand batches over, answer what expired.
+//! Its queues are indexed by the table's entries, up to the table's
+//! capacity; an entry's queue exists while its instances are installed
+//! (the worker's `lifecycle` installs and removes them).
 //! Backends run on their own threads ([`crate::instance`]); this thread never
 //! blocks on them or on I/O other than its inbox.
 
@@ -13,12 +16,12 @@ mod turns;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use model_repo::{ModelConfig, Repository};
+use model_repo::{Model, Repository};
 use shm::cancel::Recent;
 use shm::tensor;
 use shm::{Descriptor, Kind, Peers, ProcId, Status};
 
-use self::checks::{check_images, check_inputs};
+use self::checks::{Here, check_images, check_inputs, check_loaded};
 use self::turns::{Head, Turns};
 use crate::batcher::{BatchState, Limits, Next, Pending};
 use crate::instance::{InstanceCommand, InstanceEvent};
@@ -27,49 +30,109 @@ use crate::request::Item;
 /// How often the ids of cancelled requests are pruned.
 const PRUNE_EVERY_NS: u64 = 10_000_000_000;
 
-/// One model's queue and its instances.
-pub struct ModelQueue {
+/// A loaded entry's queue and its instances. (A pipeline has none: it runs
+/// in the preproc pool, and its model steps come here as requests for the
+/// models they name.)
+struct ModelQueue {
+    /// The entry its instances run.
+    model: Model,
     state: BatchState<Item>,
     /// Images of this model are decoded and preprocessed here, on the GPU.
     gpu_decode: bool,
     limits: Limits,
     instances: Vec<mpsc::Sender<InstanceCommand>>,
+    /// The table no longer wants it: it takes whatever still comes for it,
+    /// until it is removed.
+    retiring: bool,
 }
 
-impl ModelQueue {
-    /// A queue for a model of `config` run by `instances` (none for a
-    /// pipeline: it runs in the preproc pool, and its model steps come here
-    /// as requests for the models they name).
-    pub fn new(config: &ModelConfig, instances: Vec<mpsc::Sender<InstanceCommand>>, gpu_decode: bool) -> ModelQueue {
-        ModelQueue { state: BatchState::new(), gpu_decode, limits: Limits::from_config(config), instances }
-    }
-}
-
-/// The scheduler thread's state: a queue per model, whose turn it is, and
-/// what the clients cancelled.
+/// The scheduler thread's state: a queue per loaded entry, whose turn it
+/// is, and what the clients cancelled.
 pub struct Scheduler {
     repo: Arc<Repository>,
     peers: Arc<Peers>,
     /// This inference worker's index (its statistics' row).
     gpu: u16,
-    models: Vec<ModelQueue>,
+    models: Vec<Option<ModelQueue>>,
     turns: Turns,
     cancelled: Recent,
     next_prune: u64,
 }
 
 impl Scheduler {
-    /// At most `budget` batches compute at once.
-    pub fn new(
-        repo: Arc<Repository>,
-        peers: Arc<Peers>,
-        gpu: u16,
-        models: Vec<ModelQueue>,
-        budget: usize,
-    ) -> Scheduler {
-        let weights: Vec<u32> = repo.models.iter().map(|m| m.config.weight).collect();
-        let turns = Turns::new(budget, models.iter().map(|m| m.instances.len()), &weights);
-        Scheduler { repo, peers, gpu, models, turns, cancelled: Recent::default(), next_prune: 0 }
+    /// Queues for `capacity` entries (more are added as needed), none
+    /// installed; at most `budget` batches compute at once.
+    pub fn new(repo: Arc<Repository>, peers: Arc<Peers>, gpu: u16, capacity: usize, budget: usize) -> Scheduler {
+        let turns = Turns::new(budget, std::iter::repeat_n(0, capacity), &[]);
+        let mut s = Scheduler {
+            repo: repo.clone(),
+            peers,
+            gpu,
+            models: std::iter::repeat_with(|| None).take(capacity).collect(),
+            turns,
+            cancelled: Recent::default(),
+            next_prune: 0,
+        };
+        s.set_table(repo);
+        s
+    }
+
+    /// Works by `repo` from now on: what it makes ready is accepted where
+    /// installed, and its models' weights apply.
+    pub fn set_table(&mut self, repo: Arc<Repository>) {
+        for (tenant, m) in repo.models.iter().enumerate() {
+            self.turns.set_weight(tenant, m.config.weight);
+        }
+        self.repo = repo;
+    }
+
+    /// At most `budget` batches compute at once from now on.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.turns.set_budget(budget);
+    }
+
+    /// The instances installed, over every entry.
+    pub fn instances(&self) -> usize {
+        self.models.iter().flatten().map(|m| m.instances.len()).sum()
+    }
+
+    /// Entry `slot` (`model`) is loaded: its `instances` take its batches
+    /// from now on.
+    pub fn install(
+        &mut self,
+        slot: usize,
+        model: Model,
+        instances: Vec<mpsc::Sender<InstanceCommand>>,
+        gpu_decode: bool,
+    ) {
+        if slot >= self.models.len() {
+            self.models.resize_with(slot + 1, || None);
+        }
+        self.turns.add(slot, instances.len());
+        let limits = Limits::from_config(&model.config);
+        self.models[slot] =
+            Some(ModelQueue { model, state: BatchState::new(), gpu_decode, limits, instances, retiring: false });
+    }
+
+    /// Entry `slot` is going: it still takes what comes for it (sent before
+    /// the table changed) until [`Scheduler::remove`].
+    pub fn retire(&mut self, slot: usize) {
+        if let Some(m) = self.models.get_mut(slot).and_then(Option::as_mut) {
+            m.retiring = true;
+        }
+    }
+
+    /// Entry `slot`'s requests queued and batches computing.
+    pub fn backlog(&self, slot: usize) -> (usize, usize) {
+        let queued = self.models.get(slot).and_then(Option::as_ref).map_or(0, |m| m.state.len());
+        (queued, self.turns.busy(slot))
+    }
+
+    /// Takes entry `slot` out (nothing of it queued or computing); returns
+    /// its instances' command lines, whose dropping stops them.
+    pub fn remove(&mut self, slot: usize) -> Vec<mpsc::Sender<InstanceCommand>> {
+        self.turns.remove(slot);
+        self.models.get_mut(slot).and_then(Option::take).map(|m| m.instances).unwrap_or_default()
     }
 
     /// Validates an incoming descriptor and queues it for its model.
@@ -77,7 +140,7 @@ impl Scheduler {
         let span = tracing::debug_span!("request", request_id = d.request_id);
         let _entered = span.enter();
         let peers = &self.peers;
-        let gpu_decode = self.models.get(d.model as usize).is_some_and(|m| m.gpu_decode);
+        let gpu_decode = self.models.get(d.model as usize).and_then(Option::as_ref).is_some_and(|m| m.gpu_decode);
         match d.kind() {
             Some(Kind::Tensors) => {}
             Some(Kind::Images) if gpu_decode => {}
@@ -99,9 +162,17 @@ impl Scheduler {
             self.count_cancel(d.model, 1);
             return;
         }
-        let Some(model) = self.repo.models.get(d.model as usize).filter(|m| !m.is_pipeline()) else {
-            return peers.fail(&d, slot.owned(), Status::Internal, &format!("no runnable model #{}", d.model));
+        let i = d.model as usize;
+        let here = match self.models.get(i).and_then(Option::as_ref) {
+            None => Here::Absent,
+            Some(m) if m.retiring => Here::Retiring,
+            Some(_) => Here::Serving,
         };
+        if let Err((status, message)) = check_loaded(i, &self.repo, here) {
+            return peers.fail(&d, slot.owned(), status, &message);
+        }
+        let queue = self.models[i].as_mut().expect("check_loaded found it installed; this is a bug");
+        let model = &queue.model;
         let encoded = d.kind() == Some(Kind::Images);
         let checked = if encoded {
             check_images(model, &slot, &d).map(|(rows, key)| (Vec::new(), rows, key))
@@ -122,8 +193,8 @@ impl Scheduler {
                     priority: d.priority,
                 };
                 let level = Head::of(&p, 0).level;
-                self.turns.arrived(d.model as usize, level, d.tenant as usize, now);
-                self.models[d.model as usize].state.push(p);
+                queue.state.push(p);
+                self.turns.arrived(i, level, d.tenant as usize, now);
             }
             Err(message) => peers.fail(&d, slot.owned(), Status::InvalidInput, &message),
         }
@@ -134,7 +205,8 @@ impl Scheduler {
     fn cancel(&mut self, id: u64) {
         self.cancelled.insert(id, shm::now_ns());
         for m in 0..self.models.len() {
-            let gone = self.models[m].state.remove(|item| item.desc.request_id == id);
+            let Some(queue) = self.models[m].as_mut() else { continue };
+            let gone = queue.state.remove(|item| item.desc.request_id == id);
             if !gone.is_empty() {
                 tracing::debug!(request_id = id, "cancelled before compute");
                 self.count_cancel(m as u16, gone.len() as u64);
@@ -177,8 +249,8 @@ impl Scheduler {
         let mut wake: Option<u64> = None;
         self.turns.begin_round();
         let head = |m: &ModelQueue| m.state.head().map(|p| Head::of(p, p.item.desc.tenant as usize));
-        while let Some(i) = self.turns.next(now, |i| head(&self.models[i])) {
-            let m = &mut self.models[i];
+        while let Some(i) = self.turns.next(now, |i| self.models[i].as_ref().and_then(head)) {
+            let m = self.models[i].as_mut().expect("`next` chose a model with instances; this is a bug");
             match m.state.next_batch(&m.limits, now) {
                 Next::Run(batch) => {
                     let k = self.turns.start(i, batch.iter().map(|p| (p.item.desc.tenant as usize, p.rows)).collect());
@@ -198,7 +270,7 @@ impl Scheduler {
                 Next::Idle => self.turns.pass(i),
             }
         }
-        for m in &mut self.models {
+        for m in self.models.iter_mut().flatten() {
             // After next_batch: it sets aside requests it found expired.
             for p in m.state.take_expired(now) {
                 let msg =

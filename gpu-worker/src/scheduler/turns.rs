@@ -30,6 +30,11 @@
 //!
 //! With a budget of one there is nothing to keep, and these only order the
 //! queue.
+//!
+//! Models come and go while the worker serves: a model's instances are
+//! [`Turns::add`]ed when its load completes and [`Turns::remove`]d when it
+//! is unloaded (with no batch of it computing); an index without instances
+//! is never served.
 
 use sched::Active;
 
@@ -64,8 +69,13 @@ pub struct Turns {
     running: usize,
     /// Per model, its idle instances; the last one is handed out first.
     idle: Vec<Vec<usize>>,
+    /// Per model, its batches computing.
+    busy: Vec<usize>,
     /// Per model, whether it is passed over until the next round.
     passed: Vec<bool>,
+    /// Every tenant's weight is 1 here: [`Turns::free`] divides a batch's
+    /// cost by the tenant's weight itself, so that a weight can change when
+    /// another model takes the tenant's index.
     fair: sched::Fairness,
     /// Per model and instance, the tenants and rows of the batch it computes.
     computing: Vec<Vec<Vec<(usize, u32)>>>,
@@ -87,17 +97,65 @@ impl Turns {
     /// `instances`: each model's instance count, all idle at first;
     /// `weights`: each tenant's share.
     pub fn new(budget: usize, instances: impl IntoIterator<Item = usize>, weights: &[u32]) -> Turns {
-        let idle: Vec<Vec<usize>> = instances.into_iter().map(|n| (0..n).collect()).collect();
-        Turns {
+        let mut t = Turns {
             budget,
             running: 0,
-            passed: vec![false; idle.len()],
-            computing: idle.iter().map(|i| vec![Vec::new(); i.len()]).collect(),
-            seen: vec![Active::default(); idle.len()],
-            idle,
-            fair: sched::Fairness::new(weights),
+            idle: Vec::new(),
+            busy: Vec::new(),
+            passed: Vec::new(),
+            computing: Vec::new(),
+            seen: Vec::new(),
+            fair: sched::Fairness::new(&[]),
             tenants: weights.iter().map(|&w| Tenant { weight: w.max(1), ..Tenant::default() }).collect(),
+        };
+        for (model, n) in instances.into_iter().enumerate() {
+            t.add(model, n);
         }
+        t
+    }
+
+    /// Model `model` has `instances` instances from now on, all idle (its
+    /// load completed).
+    pub fn add(&mut self, model: usize, instances: usize) {
+        if model >= self.idle.len() {
+            let n = model + 1;
+            self.idle.resize_with(n, Vec::new);
+            self.busy.resize(n, 0);
+            self.passed.resize(n, false);
+            self.computing.resize_with(n, Vec::new);
+            self.seen.resize_with(n, Active::default);
+        }
+        self.idle[model] = (0..instances).collect();
+        self.busy[model] = 0;
+        self.computing[model] = vec![Vec::new(); instances];
+        self.seen[model] = Active::default();
+    }
+
+    /// Model `model` has no instance any more (it is unloaded); none of its
+    /// batches may be computing.
+    pub fn remove(&mut self, model: usize) {
+        debug_assert_eq!(self.busy(model), 0, "a model is removed while it computes; this is a bug");
+        if model < self.idle.len() {
+            self.idle[model].clear();
+            self.busy[model] = 0;
+            self.computing[model].clear();
+            self.seen[model] = Active::default();
+        }
+    }
+
+    /// Batches of `model` computing now.
+    pub fn busy(&self, model: usize) -> usize {
+        self.busy.get(model).copied().unwrap_or(0)
+    }
+
+    /// At most `budget` batches compute at once from now on.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+    }
+
+    /// `tenant`'s share from now on (0 counts as 1).
+    pub fn set_weight(&mut self, tenant: usize, weight: u32) {
+        self.tenant(tenant).weight = weight.max(1);
     }
 
     fn tenant(&mut self, t: usize) -> &mut Tenant {
@@ -115,7 +173,9 @@ impl Turns {
 
     /// A request of `tenant` at `level` arrived for `model` at `now_ns`.
     pub fn arrived(&mut self, model: usize, level: u8, tenant: usize, now_ns: u64) {
-        self.seen[model].note(level, now_ns);
+        if let Some(seen) = self.seen.get_mut(model) {
+            seen.note(level, now_ns);
+        }
         self.tenant(tenant).seen_ns = Some(now_ns);
         self.fair.activate(tenant);
     }
@@ -183,6 +243,7 @@ impl Turns {
             self.tenant(first).running += 1;
         }
         self.computing[model][instance] = tenants;
+        self.busy[model] += 1;
         self.running += 1;
         instance
     }
@@ -196,216 +257,33 @@ impl Turns {
             t.running = t.running.saturating_sub(1);
         }
         self.computing[model][instance].clear();
+        self.busy[model] -= 1;
         self.running -= 1;
     }
 
     /// `instance` of `model` finished its batch after `busy_ns`, which is
     /// charged to the batch's tenants by their rows.
+    /// An instance this does not know of (none can report after its model
+    /// is removed) is ignored.
     pub fn free(&mut self, model: usize, instance: usize, busy_ns: u64) {
-        let tenants = std::mem::take(&mut self.computing[model][instance]);
+        let Some(slot) = self.computing.get_mut(model).and_then(|m| m.get_mut(instance)) else {
+            return;
+        };
+        let tenants = std::mem::take(slot);
         if let Some(&(first, _)) = tenants.first() {
             let t = self.tenant(first);
             t.running = t.running.saturating_sub(1);
         }
         let rows: u32 = tenants.iter().map(|&(_, r)| r).sum();
         for (tenant, r) in tenants {
-            self.fair.charge(tenant, busy_ns as f64 * f64::from(r) / f64::from(rows.max(1)));
+            let weight = f64::from(self.tenant(tenant).weight);
+            self.fair.charge(tenant, busy_ns as f64 * f64::from(r) / f64::from(rows.max(1)) / weight);
         }
         self.idle[model].push(instance);
+        self.busy[model] = self.busy[model].saturating_sub(1);
         self.running = self.running.saturating_sub(1);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A head of level 2 (tenant: its model) with this urgency.
-    fn head(urgency_ns: u64) -> Option<Head> {
-        Some(Head { level: 2, tenant: 0, urgency_ns })
-    }
-
-    fn turns(budget: usize, instances: &[usize]) -> Turns {
-        Turns::new(budget, instances.iter().copied(), &[])
-    }
-
-    #[test]
-    fn the_earliest_deadline_goes_first() {
-        let t = turns(4, &[1, 1, 1]);
-        let heads = [head(30), head(10), head(20)];
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-    }
-
-    #[test]
-    fn a_head_without_a_deadline_counts_from_its_arrival() {
-        let p =
-            |deadline_ns, arrived_ns| Pending { item: (), rows: 1, shape_key: 0, arrived_ns, deadline_ns, priority: 2 };
-        assert_eq!(Head::of(&p(0, 7), 3), Head { level: 2, tenant: 3, urgency_ns: 7 });
-        assert_eq!(Head::of(&p(50, 7), 3).urgency_ns, 50);
-        // An old request without a deadline goes before a newer one with a
-        // far deadline.
-        let t = turns(4, &[1, 1]);
-        let heads = [Some(Head::of(&p(1_000, 100), 0)), Some(Head::of(&p(0, 5), 0))];
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-    }
-
-    #[test]
-    fn ties_go_to_the_lower_model() {
-        let t = turns(4, &[1, 1, 1]);
-        let heads = [None, head(5), head(5)];
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-    }
-
-    #[test]
-    fn models_without_work_or_an_idle_instance_wait() {
-        let mut t = turns(4, &[1, 1, 0]);
-        let heads = [None, head(20), head(10)];
-        // Model 2 has no instance (a pipeline's), model 0 nothing queued.
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-        assert_eq!(t.start(1, vec![(0, 1)]), 0);
-        assert_eq!(t.next(0, |m| heads[m]), None, "model 1's only instance is busy");
-        t.free(1, 0, 1000);
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-    }
-
-    #[test]
-    fn idle_instances_are_handed_out_last_freed_first() {
-        let mut t = turns(4, &[3]);
-        assert_eq!((t.start(0, vec![]), t.start(0, vec![])), (2, 1));
-        t.free(0, 2, 0);
-        assert_eq!(t.start(0, vec![]), 2);
-    }
-
-    #[test]
-    fn at_most_budget_batches_compute_at_once() {
-        let mut t = turns(2, &[2, 2]);
-        let heads = [head(1), head(2)];
-        for _ in 0..2 {
-            let m = t.next(0, |m| heads[m]).expect("within the budget");
-            t.start(m, vec![(m, 1)]);
-        }
-        assert_eq!(t.running(), 2);
-        assert_eq!(t.next(0, |m| heads[m]), None, "the budget is spent, though instances are idle");
-        t.free(0, 1, 0);
-        assert_eq!(t.next(0, |m| heads[m]), Some(0));
-    }
-
-    #[test]
-    fn a_model_passed_over_waits_for_the_next_round() {
-        let mut t = turns(4, &[1, 1]);
-        let heads = [head(1), head(2)];
-        assert_eq!(t.next(0, |m| heads[m]), Some(0));
-        t.pass(0); // its batcher waits for more requests
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-        t.pass(1);
-        assert_eq!(t.next(0, |m| heads[m]), None);
-        t.begin_round();
-        assert_eq!(t.next(0, |m| heads[m]), Some(0));
-    }
-
-    #[test]
-    fn a_lost_batch_gives_its_budget_back_but_not_its_instance() {
-        let mut t = turns(1, &[1, 1]);
-        let heads = [head(1), head(2)];
-        assert_eq!(t.start(0, vec![(0, 1)]), 0);
-        t.lost(0, 0);
-        assert_eq!(t.running(), 0);
-        assert_eq!(t.next(0, |m| heads[m]), Some(1), "model 0 has no instance left");
-    }
-
-    #[test]
-    fn a_higher_level_goes_first_whatever_its_deadline() {
-        let t = turns(4, &[1, 1]);
-        let heads = [head(1), Some(Head { level: 1, tenant: 1, urgency_ns: 500 })];
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-    }
-
-    #[test]
-    fn within_a_level_the_tenant_behind_its_share_goes_first() {
-        // Tenant 0 has had 10 ms of compute, tenant 1 none: tenant 1's
-        // request goes first although tenant 0's head is older.
-        let mut t = Turns::new(4, [1, 1], &[1, 1]);
-        t.arrived(0, 2, 0, 0);
-        t.start(0, vec![(0, 4)]);
-        t.free(0, 0, 10_000_000);
-        t.arrived(1, 2, 1, 0);
-        let heads =
-            [Some(Head { level: 2, tenant: 0, urgency_ns: 1 }), Some(Head { level: 2, tenant: 1, urgency_ns: 9 })];
-        assert_eq!(t.next(0, |m| heads[m]), Some(1));
-        // With weight 4 against 1, tenant 0's 10 ms count as 2.5 ms: still
-        // ahead of tenant 1's 5 ms.
-        let mut t = Turns::new(4, [1, 1], &[4, 1]);
-        t.start(0, vec![(0, 1)]);
-        t.free(0, 0, 10_000_000);
-        t.start(1, vec![(1, 1)]);
-        t.free(1, 0, 5_000_000);
-        assert_eq!(t.next(0, |m| heads[m]), Some(0));
-    }
-
-    #[test]
-    fn a_batch_is_charged_to_its_tenants_by_rows() {
-        let mut t = Turns::new(4, [1], &[1, 1, 1]);
-        t.start(0, vec![(1, 3), (2, 1)]);
-        t.free(0, 0, 4_000);
-        assert_eq!((t.fair.key(1), t.fair.key(2)), (3_000.0, 1_000.0));
-    }
-
-    #[test]
-    fn while_a_higher_level_is_active_a_lower_one_leaves_an_instance_free() {
-        // One model, two instances, a budget of two: bulk (level 2) may use
-        // one instance while live (level 1) had a request in the last second.
-        let mut t = turns(2, &[2]);
-        t.arrived(0, 1, 0, 0);
-        let bulk = [head(5)];
-        let now = 500_000_000;
-        assert_eq!(t.next(now, |m| bulk[m]), Some(0));
-        t.start(0, vec![(0, 8)]);
-        assert_eq!(t.next(now, |m| bulk[m]), None, "the last instance is kept for live");
-        let live = [Some(Head { level: 1, tenant: 0, urgency_ns: 9 })];
-        assert_eq!(t.next(now, |m| live[m]), Some(0), "live takes it");
-        // A second after live's last request, bulk has everything again.
-        assert_eq!(t.next(sched::ACTIVE_NS, |m| bulk[m]), Some(0));
-    }
-
-    #[test]
-    fn the_slot_kept_for_live_elsewhere_is_a_budget_slot_not_this_models_instance() {
-        // Live uses model 1; bulk on model 0 (three instances) runs in the
-        // budget left over, down to its last idle instance, but not in the
-        // last budget slot.
-        let mut t = turns(3, &[3, 1]);
-        t.arrived(1, 1, 1, 0);
-        let heads = [head(5), None];
-        for _ in 0..2 {
-            assert_eq!(t.next(10, |m| heads[m]), Some(0));
-            t.start(0, vec![(0, 1)]);
-        }
-        assert_eq!(t.next(10, |m| heads[m]), None, "the last budget slot is kept for live");
-        // With a budget of one there is nothing to keep.
-        let mut t = turns(1, &[1]);
-        t.arrived(0, 1, 0, 0);
-        assert_eq!(t.next(10, |m| [head(5)][m]), Some(0));
-    }
-
-    #[test]
-    fn beside_another_active_tenant_one_at_its_share_leaves_the_last_slot() {
-        // Tenants 0 (the flood, model 0) and 1 (model 1), weights 1:1, a
-        // budget of two: tenant 0 computes one batch, its share.
-        let mut t = Turns::new(2, [2, 1], &[1, 1]);
-        t.arrived(0, 2, 0, 0);
-        t.arrived(1, 2, 1, 0);
-        let flood = [Some(Head { level: 2, tenant: 0, urgency_ns: 1 }), None];
-        assert_eq!(t.next(10, |m| flood[m]), Some(0));
-        t.start(0, vec![(0, 8)]);
-        assert_eq!(t.next(10, |m| flood[m]), None, "the last slot is kept for tenant 1");
-        let both = [flood[0], Some(Head { level: 2, tenant: 1, urgency_ns: 5 })];
-        assert_eq!(t.next(10, |m| both[m]), Some(1), "tenant 1 takes it");
-        // A second after tenant 1's last request, the flood has it all.
-        assert_eq!(t.next(sched::ACTIVE_NS, |m| flood[m]), Some(0));
-        // With weights 3:1 tenant 0's share is one and a half of the two.
-        let mut t = Turns::new(2, [2, 1], &[3, 1]);
-        t.arrived(0, 2, 0, 0);
-        t.arrived(1, 2, 1, 0);
-        t.start(0, vec![(0, 8)]);
-        assert_eq!(t.next(10, |m| flood[m]), Some(0));
-    }
-}
+mod tests;
