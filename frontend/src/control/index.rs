@@ -1,7 +1,8 @@
 //! `POST /v2/repository/index`, as Triton answers it: every model in the
 //! repository directory, each loaded version with its state (READY,
-//! LOADING, UNLOADING), each model not loaded as UNAVAILABLE with the
-//! reason (its last load's failure, or `unloaded`). The directory is read on
+//! LOADING, UNLOADING), and as UNAVAILABLE with the reason each model whose
+//! last load failed (beside what still serves it) or that is not loaded
+//! (`unloaded`). The directory is read on
 //! each call: it is small, and a cache would miss what an operator just
 //! copied there.
 
@@ -41,7 +42,7 @@ pub fn render(table: &Repository, workers_ready: bool, body: &[u8]) -> Result<Ve
     let mut by_name: BTreeMap<&str, Vec<(u64, Value)>> = BTreeMap::new();
     for (_, m) in table::present(table) {
         let (state, reason) = match m.state {
-            ModelState::Ready if workers_ready => ("READY", table.failures.get(&m.name).map(String::as_str)),
+            ModelState::Ready if workers_ready => ("READY", None),
             ModelState::Ready => ("UNAVAILABLE", Some(NOT_READY)),
             ModelState::Loading => ("LOADING", None),
             ModelState::Unloading | ModelState::Unloaded => ("UNLOADING", None),
@@ -52,14 +53,19 @@ pub fn render(table: &Repository, workers_ready: bool, body: &[u8]) -> Result<Ve
         }
         by_name.entry(&m.name).or_default().push((m.latest(), item));
     }
-    // Those not loaded; none when the directory cannot be read (the
-    // loaded ones are listed all the same).
+    // A failed load, after the versions that go on serving (Triton lists
+    // the version that failed; the table keeps only why).
+    for (name, reason) in &table.failures {
+        let item = json!({ "name": name, "state": "UNAVAILABLE", "reason": reason });
+        by_name.entry(name).or_default().push((u64::MAX, item));
+    }
+    // Those neither loaded nor failed; none when the directory cannot be
+    // read (the loaded ones are listed all the same).
     let disk = model_repo::catalog(&table.root);
     for name in &disk {
-        by_name.entry(name).or_insert_with(|| {
-            let reason = table.failures.get(name).map(String::as_str).unwrap_or("unloaded");
-            vec![(0, json!({ "name": name, "state": "UNAVAILABLE", "reason": reason }))]
-        });
+        by_name
+            .entry(name)
+            .or_insert_with(|| vec![(0, json!({ "name": name, "state": "UNAVAILABLE", "reason": "unloaded" }))]);
     }
     let models: Vec<Value> = by_name
         .into_values()

@@ -72,8 +72,13 @@ async fn the_index_lists_every_model_directory_with_its_state() {
     // A model loading is listed as such; one added to the directory shows up.
     std::fs::create_dir_all(repo.0.join("new")).unwrap();
     std::fs::write(repo.0.join("new").join("config.toml"), "").unwrap();
-    let loading =
-        Repository { models: vec![model("add", ADD), model("cls", CLS), version("new", ADD, 3, Loading)], ..table };
+    // A failed load of a model that serves is listed beside its versions.
+    let failures = [("add".to_string(), "loading add failed: version 3 is not ONNX".to_string())].into();
+    let loading = Repository {
+        models: vec![model("add", ADD), model("cls", CLS), version("new", ADD, 3, Loading)],
+        failures,
+        ..table
+    };
     h.state.apply(Arc::new(loading));
     let names: Vec<String> = index(b"")
         .await
@@ -83,7 +88,10 @@ async fn the_index_lists_every_model_directory_with_its_state() {
         .iter()
         .map(|m| format!("{} {}", m["name"].as_str().unwrap(), m["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(names, ["add READY", "broken UNAVAILABLE", "cls READY", "new LOADING", "spare UNAVAILABLE"]);
+    assert_eq!(
+        names,
+        ["add READY", "add UNAVAILABLE", "broken UNAVAILABLE", "cls READY", "new LOADING", "spare UNAVAILABLE"]
+    );
 }
 
 /// Posts `body` to `uri` in a task, so the test can answer the order.
