@@ -224,6 +224,11 @@ impl Rig {
 
     /// Sends a one-row request of zeros for entry `slot`; returns its id.
     fn send(&mut self, slot: u16) -> u64 {
+        self.send_as(slot, Kind::Tensors)
+    }
+
+    /// [`Rig::send`] as a descriptor of `kind` (images: for GPU decoding).
+    fn send_as(&mut self, slot: u16, kind: Kind) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let spec = TensorSpec::dense(DType::F32, &[1, 3, 48, 192]).unwrap();
@@ -233,7 +238,7 @@ impl Rig {
         s.as_mut_slice()[ranges[0].clone()].fill(0);
         let d = Descriptor {
             request_id: id,
-            kind: Kind::Tensors as u8,
+            kind: kind as u8,
             model: slot,
             tenant: slot,
             rows: 1,
@@ -331,6 +336,8 @@ fn versions_load_alongside_swap_and_unload_while_serving() {
     rig.await_instances(&name, 2);
     await_log("unloaded swap version 1 (entry 0)");
     assert_eq!(rig.infer(0), Err("model `swap` version 1 is not loaded".into()));
+    let images = rig.send_as(0, Kind::Images);
+    assert_eq!(rig.answer(images), Err("model `swap` version 1 is not loaded".into()), "images too");
     assert_eq!(rig.infer(1), Ok(vec![1, 2]));
 
     // A load that fails at the freed index says why, and version 2 serves on.

@@ -140,10 +140,12 @@ impl Scheduler {
         let span = tracing::debug_span!("request", request_id = d.request_id);
         let _entered = span.enter();
         let peers = &self.peers;
-        let gpu_decode = self.models.get(d.model as usize).and_then(Option::as_ref).is_some_and(|m| m.gpu_decode);
+        let queue = self.models.get(d.model as usize).and_then(Option::as_ref);
+        let gpu_decode = queue.is_some_and(|m| m.gpu_decode);
         match d.kind() {
             Some(Kind::Tensors) => {}
-            Some(Kind::Images) if gpu_decode => {}
+            // Images for an entry not loaded here fail below, saying so.
+            Some(Kind::Images) if gpu_decode || queue.is_none() => {}
             Some(Kind::Cancel) => return self.cancel(d.request_id),
             other => {
                 tracing::warn!("unexpected {other:?} descriptor from {from:?}; dropped");
