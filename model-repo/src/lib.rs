@@ -19,7 +19,7 @@ pub use config::{
     ChannelOrder, CpuBackend, DecodeOn, DynamicBatching, Layout, ModelConfig, Postprocess, PostprocessKind, Precision,
     Preprocess, ResizeMode, TensorConfig, VersionPolicy,
 };
-pub use load::{Model, ModelState, Repository, catalog};
+pub use load::{Model, ModelState, Repository, catalog, valid_name};
 pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};
 pub use shm::tensor::DType;
 

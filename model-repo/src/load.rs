@@ -73,7 +73,7 @@ pub struct Repository {
 }
 
 /// Model names become URL path segments and directory names: keep them plain.
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name.len() <= 128

@@ -184,8 +184,12 @@ impl<C: Catalog> Manager<C> {
             match planned {
                 Err(e) => {
                     tracing::warn!("model control: {e}");
-                    if let ControlOp::Load { name, .. } = &op {
+                    if let ControlOp::Load { name, .. } = &op
+                        && self.catalog.names().contains(name)
+                    {
+                        // The index shows why.
                         self.table.failures.insert(name.clone(), e.to_string());
+                        self.bump(out, vec![self.procs.frontend]);
                     }
                     reply(out, id, Err(e));
                 }
@@ -328,7 +332,8 @@ impl<C: Catalog> Manager<C> {
                 self.failed.insert(name.clone(), m);
             }
         }
-        self.bump(out, self.procs.gpus.clone());
+        // The inference workers drop what they loaded; the index shows why.
+        self.bump(out, self.procs.all());
         reply(out, plan.id, Err(ControlError::LoadFailed(message)));
     }
 

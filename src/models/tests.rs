@@ -136,7 +136,7 @@ fn a_failed_load_leaves_the_serving_version_and_says_why() {
     fake.put("m", MODEL, &[2]);
     m.handle(load("m"));
     let out = m.handle(report(GPU, Report::Loaded { slot: 1, error: Some("corrupt model.onnx".into()) }));
-    assert_eq!(out[0], Action::Table { to: vec![GPU] });
+    assert_eq!(out[0], Action::Table { to: vec![GPU, PREPROC, FRONTEND] });
     let Action::Reply { result: Err(ControlError::LoadFailed(why)), .. } = &out[1] else { panic!("{out:?}") };
     assert!(why.contains("corrupt model.onnx"), "{why}");
     assert_eq!(states(&m), [("m".into(), 1, ModelState::Ready), ("m".into(), 2, ModelState::Unloaded)]);
@@ -185,11 +185,16 @@ fn orders_outside_explicit_mode_and_beyond_the_limits_are_refused_saying_why() {
     assert!(why.contains("--model-control-mode explicit"), "{why}");
     let mut full = manager(&fake, Mode::Explicit, &["m"], 1);
     fake.put("m", MODEL, &[1, 2]);
+    // A refused load of a model the repository has: the frontend's index
+    // gets the reason too.
     let out = full.handle(load("m"));
-    let [Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else { panic!("{out:?}") };
-    assert!(why.contains("models.max_models"), "{why}");
+    let [Action::Table { to }, Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(to, &[FRONTEND]);
+    assert!(why.contains("models.max_models") && full.table().failures["m"] == *why, "{why}");
     let out = full.handle(load("big"));
-    let [Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else { panic!("{out:?}") };
+    let [_, Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else { panic!("{out:?}") };
     assert!(why.contains("4000000 bytes") && why.contains("shm.slots"), "{why}");
     let out = full.handle(load("nope"));
     assert!(matches!(&out[..], [Action::Reply { result: Err(ControlError::NotFound(_)), .. }]), "{out:?}");

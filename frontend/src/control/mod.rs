@@ -103,11 +103,7 @@ impl Orders {
 /// digits, `_`, `-` and `.` (not first), at most 128. The same rule as
 /// `model_repo`'s, which keeps its own private.
 pub fn check_name(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    match valid {
+    match model_repo::valid_name(name) {
         true => Ok(()),
         false => Err(ApiError::BadRequest(format!(
             "`{name}` is not a model name: names use letters, digits, `_`, `-` and `.` (not first), at most 128"
