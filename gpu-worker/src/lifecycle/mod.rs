@@ -61,7 +61,10 @@ impl Lifecycle {
         let table = self.table.clone();
         let mut loaded = 0;
         for (slot, m) in table.models.iter().enumerate() {
-            if m.state == ModelState::Ready && !m.is_pipeline() {
+            // An UNLOADING entry still serves what is in flight for it
+            // (and what the frontend sends again after a crash): a worker
+            // that starts while it drains loads it too.
+            if matches!(m.state, ModelState::Ready | ModelState::Unloading) && !m.is_pipeline() {
                 let l = self.loader.load(slot, m)?;
                 self.install(slot, m.clone(), l, sched);
                 loaded += 1;
