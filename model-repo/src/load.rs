@@ -262,9 +262,8 @@ impl Model {
         let path = dir.join("config.toml");
         let config = match override_text {
             // Triton's `parameters.config` is JSON; a TOML override is taken too.
-            Some(text) if text.trim_start().starts_with('{') => serde_json::from_str(text).map_err(|e| {
-                RepoError::Parse { path: "the config override".into(), message: e.to_string() }
-            })?,
+            Some(text) if text.trim_start().starts_with('{') => serde_json::from_str(text)
+                .map_err(|e| RepoError::Parse { path: "the config override".into(), message: e.to_string() })?,
             Some(text) => ModelConfig::parse(text, "the config override")?,
             None => {
                 let text = std::fs::read_to_string(&path)
