@@ -109,7 +109,7 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
     let cfg = &spec.config;
     let spin = Duration::from_micros(cfg.shm.spin_microseconds);
     let up = Upward(Arc::new(Mutex::new(control)));
-    let ready = |addr: Option<String>| up.send(&FromChild::Ready { addr });
+    let ready = |addr: Option<String>, grpc: Option<String>| up.send(&FromChild::Ready { addr, grpc });
     match role {
         Role::Frontend => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -153,8 +153,10 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                 threads: cfg.server.threads as usize,
                 spin,
                 metrics_addr: cfg.server.metrics_port.map(|p| format!("{}:{p}", cfg.server.host)),
+                grpc_addr: (cfg.server.grpc_port != 0).then(|| format!("{}:{}", cfg.server.host, cfg.server.grpc_port)),
+                allow_client_shm: cfg.server.allow_client_shm,
             };
-            frontend::run(fcfg, rx, |addr| ready(Some(addr.to_string())))?;
+            frontend::run(fcfg, rx, |addr, grpc| ready(Some(addr.to_string()), grpc.map(|g| g.to_string())))?;
         }
         Role::Gpu(index) => {
             let (shutdown, updates) = control_thread(reader, &wiring)?;
@@ -171,7 +173,7 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                 cuda_device: spec.cuda_device,
                 gpu_engine: cfg.inference.gpu_backend,
             };
-            gpu_worker::run(gcfg, shutdown, || ready(None))?;
+            gpu_worker::run(gcfg, shutdown, || ready(None, None))?;
         }
         Role::Preproc(_) => {
             let (shutdown, updates) = control_thread(reader, &wiring)?;
@@ -188,7 +190,7 @@ fn run_role(role: Role, spec: ChildSpec, control: UnixStream, reader: BufReader<
                 gpu_decode: spec.gpu_decode,
                 spin,
             };
-            preproc_worker::run(pcfg, shutdown, || ready(None))?;
+            preproc_worker::run(pcfg, shutdown, || ready(None, None))?;
         }
     }
     Ok(())

@@ -122,13 +122,14 @@ pub enum ToChild {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromChild {
+    /// `addr` and `grpc`: the frontend's HTTP and gRPC addresses.
     Ready {
         addr: Option<String>,
+        #[serde(default)]
+        grpc: Option<String>,
     },
     /// About the model table: a report, or an operator's order.
-    Upstream {
-        message: Upstream,
-    },
+    Upstream { message: Upstream },
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, config_with, repository_with, root, testdata};
@@ -21,7 +21,9 @@ fn add_version(repo: &Path, v: u64, bytes: Option<&[u8]>) {
     std::fs::create_dir_all(&dir).unwrap();
     match bytes {
         Some(b) => std::fs::write(dir.join("model.onnx"), b).unwrap(),
-        None => std::os::unix::fs::symlink(root().join("models/ppocr_cls/1/model.onnx"), dir.join("model.onnx")).unwrap(),
+        None => {
+            std::os::unix::fs::symlink(root().join("models/ppocr_cls/1/model.onnx"), dir.join("model.onnx")).unwrap()
+        }
     }
 }
 
@@ -120,7 +122,11 @@ fn a_broken_version_is_refused_and_the_serving_one_goes_on() {
     let failed = i.as_array().unwrap().iter().find(|e| e["name"] == "ppocr_cls" && e["state"] == "UNAVAILABLE");
     assert!(failed.is_some_and(|e| !e["reason"].as_str().unwrap().is_empty()), "the index shows it: {i}");
     // A bad config override is refused before anything loads.
-    let r = post(&d, "/v2/repository/models/ppocr_cls/load", br#"{"parameters":{"config":"{\"max_batch_size\": \"many\"}"}}"#);
+    let r = post(
+        &d,
+        "/v2/repository/models/ppocr_cls/load",
+        br#"{"parameters":{"config":"{\"max_batch_size\": \"many\"}"}}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.text());
 }
 

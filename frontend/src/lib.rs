@@ -67,6 +67,11 @@ pub struct Config {
     /// `host:port` of a second listener serving only `/metrics` (Triton's
     /// 8002); `/metrics` is on the main port in any case.
     pub metrics_addr: Option<String>,
+    /// `host:port` of the gRPC service (KServe v2 / Triton's
+    /// `GRPCInferenceService`); `None`: off.
+    pub grpc_addr: Option<String>,
+    /// Triton's system shared-memory extension (`--allow-client-shm`).
+    pub allow_client_shm: bool,
 }
 
 /// Orders from the supervisor.
@@ -96,11 +101,12 @@ pub enum FrontendError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves until a `Drain` command; `on_ready` gets the bound address.
+/// Serves until a `Drain` command; `on_ready` gets the bound addresses
+/// (HTTP, and gRPC when it serves it).
 pub fn run(
     cfg: Config,
     mut commands: UnboundedReceiver<Command>,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<(), FrontendError> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads).enable_all().build()?;
     rt.block_on(async move {
@@ -129,7 +135,7 @@ pub fn run(
             tracing::info!("metrics on http://{}/metrics", metrics_listener.local_addr()?);
             tokio::spawn(http::serve::serve_metrics(metrics_listener, state.clone()));
         }
-        on_ready(addr);
+        on_ready(addr, None);
         let commanded = state.clone();
         let stop = async move {
             let state = commanded;

@@ -50,6 +50,13 @@ pub struct Overrides {
     /// Bearer); required for model control beyond loopback
     #[arg(long, env = "HIGHSERVE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Port of the gRPC service (KServe v2 / Triton's); 0 = off
+    #[arg(long, env = "HIGHSERVE_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Let clients on this host pass tensors through POSIX shared-memory
+    /// regions they register (Triton's system shared-memory extension)
+    #[arg(long, env = "HIGHSERVE_ALLOW_CLIENT_SHM")]
+    pub allow_client_shm: bool,
 }
 
 impl Config {
@@ -87,6 +94,12 @@ impl Config {
         }
         if let Some(s) = o.repository_poll_secs {
             self.models.repository_poll_secs = s;
+        }
+        if let Some(p) = o.grpc_port {
+            self.server.grpc_port = p;
+        }
+        if o.allow_client_shm {
+            self.server.allow_client_shm = true;
         }
         if let Some(t) = &o.admin_token {
             self.server.admin_token = Some(Secret::new(t.clone()));

@@ -83,6 +83,17 @@ pub struct Server {
     /// with `--admin-token` or `HIGHSERVE_ADMIN_TOKEN` rather than here.
     #[serde(default)]
     pub admin_token: Option<model_repo::control::Secret>,
+    /// The gRPC service's port (Triton's 8001), on `host`; 0: off.
+    #[serde(default = "grpc_port")]
+    pub grpc_port: u16,
+    /// Triton's system shared-memory extension: clients on this host may
+    /// register POSIX shared-memory regions and pass tensors through them.
+    #[serde(default)]
+    pub allow_client_shm: bool,
+}
+
+fn grpc_port() -> u16 {
+    8001
 }
 
 fn headroom() -> f64 {

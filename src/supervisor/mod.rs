@@ -33,7 +33,7 @@ mod models;
 
 enum Event {
     Exited { proc: ProcId, generation: u64, status: std::io::Result<ExitStatus> },
-    Ready { proc: ProcId, generation: u64, addr: Option<String> },
+    Ready { proc: ProcId, generation: u64, addr: Option<String>, grpc: Option<String> },
     RestartDue { proc: ProcId },
     Upstream { proc: ProcId, generation: u64, message: model_repo::control::Upstream },
 }
@@ -228,7 +228,7 @@ impl Supervisor {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(l)) = lines.next_line().await {
                 let event = match serde_json::from_str(&l) {
-                    Ok(FromChild::Ready { addr }) => Event::Ready { proc, generation, addr },
+                    Ok(FromChild::Ready { addr, grpc }) => Event::Ready { proc, generation, addr, grpc },
                     Ok(FromChild::Upstream { message }) => Event::Upstream { proc, generation, message },
                     Err(e) => {
                         tracing::warn!("a message from {proc:?} that does not parse ({e}); ignored");
@@ -254,9 +254,10 @@ impl Supervisor {
     }
 
     /// Starts every child in order, waiting for each to report ready.
-    async fn start_all(&mut self) -> anyhow::Result<String> {
+    /// Returns the frontend's HTTP address, and its gRPC one if it serves gRPC.
+    async fn start_all(&mut self) -> anyhow::Result<(String, Option<String>)> {
         let timeout = Duration::from_millis(self.cfg.supervisor.ready_timeout_ms);
-        let mut addr = String::new();
+        let (mut addr, mut grpc_addr) = (String::new(), None);
         for proc in self.start_order() {
             self.spawn(proc).await?;
             let name = self.children[&proc].role.name();
@@ -266,11 +267,14 @@ impl Supervisor {
                     .await
                     .map_err(|_| anyhow::anyhow!("{name} did not report ready within {timeout:?}"))?;
                 match ev {
-                    Some(Event::Ready { proc: p, generation, addr: a }) if p == proc && self.current(p, generation) => {
+                    Some(Event::Ready { proc: p, generation, addr: a, grpc })
+                        if p == proc && self.current(p, generation) =>
+                    {
                         self.region.set_proc_state(proc, ProcState::Ready);
                         if let Some(a) = a {
                             addr = a;
                         }
+                        grpc_addr = grpc_addr.or(grpc);
                         tracing::info!("{name} ready");
                         break;
                     }
@@ -281,7 +285,7 @@ impl Supervisor {
                 }
             }
         }
-        Ok(addr)
+        Ok((addr, grpc_addr))
     }
 
     /// Runs the daemon until a signal or a fatal failure; returns the exit code.
@@ -294,7 +298,7 @@ impl Supervisor {
             _ = term.recv() => Err(anyhow::anyhow!("SIGTERM during start-up")),
             _ = int.recv() => Err(anyhow::anyhow!("interrupted during start-up")),
         };
-        let addr = match started {
+        let (addr, grpc) = match started {
             Ok(a) => a,
             Err(e) => {
                 self.stop_all(Duration::ZERO).await;
@@ -304,6 +308,10 @@ impl Supervisor {
         let serving = self.models.table().names().len();
         tracing::info!("highserve ready on http://{addr} ({serving} models)");
         if let Some(dir) = &self.run_dir {
+            if let Some(g) = &grpc {
+                // Beside `ready`, for clients of a daemon on a chosen port.
+                std::fs::write(dir.join("grpc"), format!("{g}\n"))?;
+            }
             let tmp = dir.join("ready.tmp");
             std::fs::write(&tmp, format!("http://{addr}\n"))?;
             std::fs::rename(&tmp, dir.join("ready"))?;

@@ -53,7 +53,7 @@ impl Daemon {
         cmd.envs(env.iter().copied());
         cmd.args(["serve", "--config"])
             .arg(config)
-            .args(["--port", "0", "--preproc-workers", "2", "--run-dir"])
+            .args(["--port", "0", "--grpc-port", "0", "--preproc-workers", "2", "--run-dir"])
             .arg(&run_dir)
             .args(extra)
             .env_remove("HIGHSERVE_PORT")
