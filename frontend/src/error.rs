@@ -11,6 +11,8 @@ pub enum ApiError {
     BadRequest(String),
     /// Model control without the admin token: 401, with a Bearer challenge.
     Unauthorized(String),
+    /// Refused by the daemon's configuration (client shared memory off): 403.
+    Forbidden(String),
     /// Unknown model, version or route: 404.
     NotFound(String),
     /// Known route, wrong method: 405.
@@ -39,6 +41,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
@@ -55,6 +58,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
             | ApiError::SlowClient(m)

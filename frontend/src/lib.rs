@@ -14,10 +14,12 @@
 
 mod admission;
 mod body;
+mod client_shm;
 mod control;
 mod core;
 mod dispatch;
 pub mod error;
+pub mod grpc;
 mod http;
 mod metrics;
 mod state;
@@ -124,7 +126,11 @@ pub fn run(
             request_timeout: cfg.request_timeout,
             body_timeout: cfg.body_timeout,
         };
-        let control = Control { notify: cfg.notify.clone(), admin_token: cfg.admin_token.clone() };
+        let control = Control {
+            notify: cfg.notify.clone(),
+            admin_token: cfg.admin_token.clone(),
+            allow_client_shm: cfg.allow_client_shm,
+        };
         let state = Arc::new(State::new(dispatch.clone(), cfg.repository.clone(), limits, control));
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
@@ -135,7 +141,23 @@ pub fn run(
             tracing::info!("metrics on http://{}/metrics", metrics_listener.local_addr()?);
             tokio::spawn(http::serve::serve_metrics(metrics_listener, state.clone()));
         }
-        on_ready(addr, None);
+        // Bound before the daemon reports ready, as HTTP's: a port in use
+        // is a start-up error.
+        let (drain, draining) = tokio::sync::watch::channel(None);
+        let mut grpc_addr = None;
+        let grpc = match &cfg.grpc_addr {
+            Some(gaddr) => {
+                let grpc_listener = tokio::net::TcpListener::bind(gaddr)
+                    .await
+                    .map_err(|source| FrontendError::Bind { addr: gaddr.clone(), source })?;
+                let bound = grpc_listener.local_addr()?;
+                tracing::info!("gRPC on {bound}");
+                grpc_addr = Some(bound);
+                Some(tokio::spawn(grpc::serve(grpc_listener, state.clone(), draining)))
+            }
+            None => None,
+        };
+        on_ready(addr, grpc_addr);
         let commanded = state.clone();
         let stop = async move {
             let state = commanded;
@@ -158,7 +180,16 @@ pub fn run(
             }
             Duration::ZERO
         };
+        // gRPC drains alongside HTTP, to the same deadline.
+        let stop = async move {
+            let deadline = stop.await;
+            let _ = drain.send(Some(deadline));
+            deadline
+        };
         http::serve::serve(listener, state, stop, cfg.header_timeout).await;
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
         drop(receiver);
         Ok(())
     })

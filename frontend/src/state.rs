@@ -10,6 +10,7 @@ use model_repo::Repository;
 use model_repo::control::{Notify, Secret};
 
 use crate::admission::Admission;
+use crate::client_shm::Regions;
 use crate::control::Orders;
 use crate::dispatch::Dispatch;
 use crate::metrics::{Metrics, Scrape};
@@ -30,12 +31,14 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
-/// What the supervisor gave the frontend to change models with.
+/// What the operator allows clients to change: models, shared memory.
 pub struct Control {
     /// Reports and operators' orders to the supervisor.
     pub notify: Notify,
     /// When set, load and unload need `Authorization: Bearer <token>`.
     pub admin_token: Option<Secret>,
+    /// `server.allow_client_shm`.
+    pub allow_client_shm: bool,
 }
 
 /// Shared by every connection.
@@ -47,6 +50,8 @@ pub struct State {
     pub admission: Admission,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// Clients' registered shared-memory regions.
+    pub client_shm: Regions,
 }
 
 impl State {
@@ -66,6 +71,7 @@ impl State {
             metrics: Metrics::new(capacity),
             tables: Tables::new(repository, capacity, control.notify.clone()),
             orders: Orders::new(control.notify, control.admin_token),
+            client_shm: Regions::new(control.allow_client_shm),
             dispatch,
             limits,
         }

@@ -5,6 +5,7 @@ use shm::tensor;
 use shm::{Descriptor, Kind, Slot};
 
 use crate::error::ApiError;
+use crate::state::State;
 use crate::v2::{InferRequest, OutputTensor};
 
 #[expect(clippy::large_enum_variant, reason = "made once per request and moved once; a box would allocate")]
@@ -27,11 +28,33 @@ pub struct Outputs {
 }
 
 impl Answer {
-    pub(super) fn new(desc: Descriptor, slot: Slot, request: InferRequest) -> Result<Answer, ApiError> {
+    /// What came back in `slot` for `request`; outputs the request asked
+    /// into a client's shared-memory region are written there now, so
+    /// every adapter finds them done.
+    pub(super) fn new(
+        state: &State,
+        model: &Model,
+        desc: Descriptor,
+        slot: Slot,
+        request: InferRequest,
+    ) -> Result<Answer, ApiError> {
         Ok(match desc.kind() {
-            Some(Kind::Response) => Answer::Json(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec()),
+            Some(Kind::Response) => {
+                if let Some(o) = request.outputs.iter().find(|o| o.region.is_some()) {
+                    return Err(ApiError::BadRequest(format!(
+                        "output `{}` asks for shared_memory_region, but model `{}` answers with post-processed JSON, \
+                         which comes in the response; ask without shared_memory_region",
+                        o.name, model.name
+                    )));
+                }
+                Answer::Json(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec())
+            }
             // A model without post-processing answers with its output tensors.
-            _ => Answer::Tensors(Outputs { desc, slot, request }),
+            _ => {
+                let outputs = Outputs { desc, slot, request };
+                outputs.write_regions(state, model)?;
+                Answer::Tensors(outputs)
+            }
         })
     }
 }
@@ -50,5 +73,23 @@ impl Outputs {
                 data: &self.slot.as_slice()[m.offset..m.offset + m.len],
             })
             .collect())
+    }
+
+    /// Writes each output asked into a region: the one copy of its bytes,
+    /// from the slot into the client's region.
+    fn write_regions(&self, state: &State, model: &Model) -> Result<(), ApiError> {
+        if self.request.outputs.iter().all(|o| o.region.is_none()) {
+            return Ok(());
+        }
+        let tensors = self.tensors(model)?;
+        for asked in &self.request.outputs {
+            let Some(at) = &asked.region else { continue };
+            // validate() checked the name against the model's outputs.
+            let t = tensors.iter().find(|t| t.name == asked.name).ok_or_else(|| {
+                ApiError::Internal(format!("the model produced no output `{}`; this is a bug", asked.name))
+            })?;
+            state.client_shm.write(at, t.data, &asked.name)?;
+        }
+        Ok(())
     }
 }

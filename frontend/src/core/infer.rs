@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::metrics::Track;
 use crate::state::State;
 use crate::table::Serving;
-use crate::v2;
+use crate::v2::{self, InferRequest};
+use crate::admission::Permit;
 
 /// One inference request, as an adapter hands it over.
 pub struct Request<'r> {
@@ -29,6 +30,18 @@ pub struct Request<'r> {
     pub payload: Result<Payload, ApiError>,
 }
 
+/// A request the adapter already holds whole and parsed (gRPC: a message
+/// arrives complete, its tensors in buffers of their own or in a client's
+/// shared-memory region).
+pub struct Parsed<'r> {
+    pub serving: &'r Serving<'r>,
+    /// The request, or why it could not be made: refused after admission,
+    /// as a malformed body is.
+    pub request: Result<InferRequest, ApiError>,
+    /// Bytes of the message, counted against `server.max_inflight_bytes`.
+    pub len: usize,
+}
+
 /// Runs `request`, reading its body from `body`; `respond` turns the answer
 /// into the adapter's response, inside the request's span (its failures
 /// count as the request's).
@@ -38,13 +51,33 @@ pub async fn infer<S: BodySource, R>(
     body: &mut S,
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
-    let model = request.serving.model();
+    let (serving, track) = (request.serving, state.metrics.track(request.serving.index()));
+    observed(serving, &track, answer(state, request, body, &track, respond)).await
+}
+
+/// Runs a request the adapter parsed itself, as [`infer`] runs one it reads.
+pub async fn infer_parsed<R>(
+    state: &State,
+    parsed: Parsed<'_>,
+    respond: impl FnOnce(Answer) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let (serving, track) = (parsed.serving, state.metrics.track(parsed.serving.index()));
+    observed(serving, &track, answer_parsed(state, parsed, &track, respond)).await
+}
+
+/// Runs `run` in the request's span, counts its outcome on `track` (its
+/// metrics) and logs it.
+async fn observed<R>(
+    serving: &Serving<'_>,
+    track: &Track<'_>,
+    run: impl Future<Output = Result<R, ApiError>>,
+) -> Result<R, ApiError> {
+    let model = serving.model();
     // `request_id` is filled in once the request has one; the workers log
     // under the same id.
     let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
-    let track = state.metrics.track(request.serving.index());
     let result = async {
-        let result = answer(state, request, body, &track, respond).await;
+        let result = run.await;
         match &result {
             Ok(_) => tracing::debug!(status = StatusCode::OK.as_u16(), "answered"),
             Err(e) if e.status().is_server_error() => tracing::warn!("failed: {}", e.message()),
@@ -110,16 +143,7 @@ async fn answer<S: BodySource, R>(
                 }
             };
             match request {
-                Some(request) => {
-                    v2::validate(&request, model)?;
-                    // The request's own parameters over the adapter's.
-                    let params = RequestParams {
-                        priority: request.priority.or(params.priority),
-                        timeout_us: request.timeout_us.or(params.timeout_us),
-                    };
-                    let job = Job::new(state, model, index, params, &mut permit)?;
-                    Work::tensors(state, job, model, request, &raw)?
-                }
+                Some(request) => tensors(state, serving, params, request, &raw, &mut permit)?,
                 // An image sent without its length, or without a Content-Type.
                 None => {
                     let image = ImageLayout::image(model, raw.len())?;
@@ -131,5 +155,42 @@ async fn answer<S: BodySource, R>(
             }
         }
     };
-    work.submit(state).await.and_then(respond)
+    work.submit(state, model).await.and_then(respond)
+}
+
+async fn answer_parsed<R>(
+    state: &State,
+    parsed: Parsed<'_>,
+    track: &Track<'_>,
+    respond: impl FnOnce(Answer) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let Parsed { serving, request, len } = parsed;
+    let (index, model) = (serving.index(), serving.model());
+    let seen = request.as_ref().ok().and_then(|r| r.priority).unwrap_or(0);
+    let mut permit = state.admission.admit(index, &model.name, model.config.level(seen))?;
+    state.admission.reserve(&mut permit, len)?;
+    track.received();
+    let work = tensors(state, serving, RequestParams::default(), request?, &[], &mut permit)?;
+    work.submit(state, model).await.and_then(respond)
+}
+
+/// A parsed v2 request into its slot, once checked against the model; its
+/// tensors are in `body` or held by the request itself.
+fn tensors(
+    state: &State,
+    serving: &Serving<'_>,
+    params: RequestParams,
+    request: InferRequest,
+    body: &[u8],
+    permit: &mut Permit,
+) -> Result<Work, ApiError> {
+    let (index, model) = (serving.index(), serving.model());
+    v2::validate(&request, model)?;
+    // The request's own parameters over the adapter's.
+    let params = RequestParams {
+        priority: request.priority.or(params.priority),
+        timeout_us: request.timeout_us.or(params.timeout_us),
+    };
+    let job = Job::new(state, model, index, params, permit)?;
+    Work::tensors(state, job, model, request, body)
 }

@@ -12,6 +12,6 @@ mod job;
 mod payload;
 
 pub use answer::Answer;
-pub use infer::{Request, infer};
+pub use infer::{Parsed, Request, infer, infer_parsed};
 pub use job::RequestParams;
 pub use payload::{Headers, Payload};

@@ -111,6 +111,7 @@ impl Harness {
                 let _ = tx.send(u);
             }),
             admin_token: token.map(|t| Secret::new(t.into())),
+            allow_client_shm: true,
         };
         let state = Arc::new(State::new(dispatch, repository, limits, control));
         Harness { state, region, efds, upstream: Mutex::new(rx), _receiver: receiver }

@@ -10,6 +10,7 @@ mod metadata;
 mod parse;
 mod raw;
 mod render;
+mod select;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -19,9 +20,10 @@ use std::ops::Range;
 use model_repo::{DType, Model};
 
 pub use metadata::{error_body, model_config, model_metadata, server_metadata};
-pub use parse::parse_infer;
+pub use parse::{parse_infer, request_parameters, requested_output};
 pub use raw::parse_raw;
 pub use render::render_infer;
+pub use select::{Selected, select_outputs};
 pub use validate::validate;
 
 /// What was wrong with a request (or, rarely, with the outputs to render).
@@ -79,14 +81,23 @@ pub enum InputData {
     /// a raw binary body holding one encoded image) the image with the BYTES
     /// length prefix the body cannot hold.
     Json(Vec<u8>),
+    /// A buffer of its own, shared, not copied: a gRPC request's
+    /// `raw_input_contents` entry as the message was decoded.
+    Shared(bytes::Bytes),
+    /// In a client's registered shared-memory region (Triton's system
+    /// shared-memory extension): read from there straight into the slot.
+    Region(ShmRef),
 }
 
 impl InputData {
-    /// The tensor's bytes; `body` is the body the request was parsed from.
-    pub fn tensor_bytes<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
+    /// The tensor's bytes, when this process holds them; `body` is the body
+    /// the request was parsed from. `None` for [`InputData::Region`].
+    pub fn tensor_bytes<'a>(&'a self, body: &'a [u8]) -> Option<&'a [u8]> {
         match self {
-            InputData::Binary(r) => &body[r.clone()],
-            InputData::Json(v) => v,
+            InputData::Binary(r) => Some(&body[r.clone()]),
+            InputData::Json(v) => Some(v),
+            InputData::Shared(b) => Some(b),
+            InputData::Region(_) => None,
         }
     }
 
@@ -95,11 +106,51 @@ impl InputData {
         match self {
             InputData::Binary(r) => r.len(),
             InputData::Json(v) => v.len(),
+            InputData::Shared(b) => b.len(),
+            InputData::Region(r) => r.byte_size,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Bytes in a client's registered shared-memory region: Triton's
+/// `shared_memory_region`, `shared_memory_offset` (from the start of the
+/// registered part) and `shared_memory_byte_size` parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShmRef {
+    pub region: String,
+    pub offset: usize,
+    pub byte_size: usize,
+}
+
+impl ShmRef {
+    /// Reads the three parameters of `what` (an input or an output, as the
+    /// messages name it); `None` when it names no region.
+    pub fn from_parameters(
+        what: &str,
+        params: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Option<ShmRef>, V2Error> {
+        let Some(params) = params else { return Ok(None) };
+        let Some(region) = params.get("shared_memory_region") else { return Ok(None) };
+        let region = region.as_str().filter(|r| !r.is_empty()).ok_or_else(|| {
+            V2Error::Request(format!("{what}: shared_memory_region is {region}; accepted: a registered region's name"))
+        })?;
+        let size = |key: &str| -> Result<Option<usize>, V2Error> {
+            let Some(v) = params.get(key) else { return Ok(None) };
+            v.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
+                V2Error::Request(format!("{what}: {key} is {v}; accepted: a byte count, an integer ≥ 0"))
+            })
+        };
+        let byte_size = size("shared_memory_byte_size")?.ok_or_else(|| {
+            V2Error::Request(format!(
+                "{what} names shared_memory_region `{region}` without shared_memory_byte_size; give the tensor's \
+                 byte size (and shared_memory_offset when it does not start the region)"
+            ))
+        })?;
+        Ok(Some(ShmRef { region: region.to_string(), offset: size("shared_memory_offset")?.unwrap_or(0), byte_size }))
     }
 }
 
@@ -111,6 +162,9 @@ pub struct RequestedOutput {
     pub binary_data: Option<bool>,
     /// `parameters.classification`: return the top-k classes instead.
     pub classification: Option<u32>,
+    /// `parameters.shared_memory_region` (and offset, byte size): write the
+    /// output there; the response then carries no data for it.
+    pub region: Option<ShmRef>,
 }
 
 /// One output as the model produced it.

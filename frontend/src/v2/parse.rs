@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::data::{flatten, from_json};
-use super::{InferRequest, InputData, InputTensor, RequestedOutput, V2Error, element_count, shape_str};
+use super::{InferRequest, InputData, InputTensor, RequestedOutput, ShmRef, V2Error, element_count, shape_str};
 use shm::tensor::bytes_elements;
 
 #[derive(Deserialize)]
@@ -81,12 +81,14 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>) -> Result<InferReques
         if req.outputs.iter().any(|o| o.name == out.name) {
             return Err(V2Error::Request(format!("output `{}` is requested twice; name each output once", out.name)));
         }
-        req.outputs.push(requested_output(out)?);
+        req.outputs.push(requested_output(out.name, out.parameters.as_ref())?);
     }
     Ok(req)
 }
 
-fn request_parameters(req: &mut InferRequest, params: Map<String, Value>) -> Result<(), V2Error> {
+/// Applies a request's `parameters` (HTTP's JSON object; gRPC's map, as JSON
+/// values) to `req`.
+pub fn request_parameters(req: &mut InferRequest, params: Map<String, Value>) -> Result<(), V2Error> {
     let bad = |key: &str, v: &Value, accepted: &str| {
         V2Error::Request(format!("request parameter `{key}` is {v}; accepted: {accepted}"))
     };
@@ -123,15 +125,7 @@ fn binary_sizes(inputs: &[RawInput]) -> Result<Vec<Option<usize>>, V2Error> {
     inputs
         .iter()
         .map(|input| {
-            let Some(params) = &input.parameters else { return Ok(None) };
-            if params.contains_key("shared_memory_region") {
-                return Err(V2Error::Request(format!(
-                    "input `{}` uses shared memory, which this server does not support; \
-                     send its data in the request body (binary or JSON)",
-                    input.name
-                )));
-            }
-            let Some(v) = params.get("binary_data_size") else { return Ok(None) };
+            let Some(v) = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) else { return Ok(None) };
             match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
                 Some(n) => Ok(Some(n)),
                 None => Err(V2Error::Request(format!(
@@ -185,18 +179,34 @@ fn input_tensor(input: RawInput, range: Option<std::ops::Range<usize>>, body: &[
             shape_str(&shape)
         )));
     };
-    let data = match (input.data, range) {
-        (Some(_), Some(_)) => {
+    let what = format!("input `{name}`");
+    let region = ShmRef::from_parameters(&what, input.parameters.as_ref())?;
+    let data = match (input.data, range, region) {
+        (None, None, Some(region)) => {
+            // Its BYTES elements are only read once copied, by the worker.
+            if let Some(size) = datatype.size() {
+                let what = format!("input `{name}` ({datatype} {})", shape_str(&shape));
+                check_len(&what, count, size, region.byte_size, "shared_memory_byte_size")?;
+            }
+            InputData::Region(region)
+        }
+        (_, _, Some(_)) => {
+            return Err(V2Error::Request(format!(
+                "{what} names shared_memory_region and also has `data` or binary_data_size; send one of them"
+            )));
+        }
+        (Some(_), Some(_), None) => {
             return Err(V2Error::Request(format!(
                 "input `{name}` has both `data` and parameters.binary_data_size; send one of them"
             )));
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(V2Error::Request(format!(
-                "input `{name}` has no data: give `data` (JSON) or parameters.binary_data_size (binary after the header)"
+                "input `{name}` has no data: give `data` (JSON), parameters.binary_data_size (binary after the \
+                 header) or parameters.shared_memory_region (a registered region)"
             )));
         }
-        (Some(json), None) => {
+        (Some(json), None, None) => {
             let values = flatten(&json);
             if values.len() != count {
                 return Err(V2Error::Request(format!(
@@ -207,7 +217,7 @@ fn input_tensor(input: RawInput, range: Option<std::ops::Range<usize>>, body: &[
             }
             InputData::Json(from_json(&name, datatype, &values)?)
         }
-        (None, Some(range)) => {
+        (None, Some(range), None) => {
             check_binary(&name, datatype, &shape, count, &body[range.clone()])?;
             InputData::Binary(range)
         }
@@ -215,16 +225,21 @@ fn input_tensor(input: RawInput, range: Option<std::ops::Range<usize>>, body: &[
     Ok(InputTensor { name, datatype, shape, data })
 }
 
+/// A tensor's byte count against the one the client declared (`key`);
+/// `size` is its elements' size.
+fn check_len(what: &str, count: usize, size: usize, given: usize, key: &str) -> Result<(), V2Error> {
+    let want = count.checked_mul(size);
+    if want != Some(given) {
+        let want = want.map_or("more than fits in memory".to_string(), |n| format!("{n} bytes"));
+        return Err(V2Error::Request(format!("{what} is {want} but its {key} is {given}")));
+    }
+    Ok(())
+}
+
 fn check_binary(name: &str, dtype: DType, shape: &[i64], count: usize, data: &[u8]) -> Result<(), V2Error> {
     let what = format!("input `{name}` ({dtype} {})", shape_str(shape));
     match dtype.size() {
-        Some(size) => {
-            let want = count.checked_mul(size);
-            if want != Some(data.len()) {
-                let want = want.map_or("more than fits in memory".to_string(), |n| format!("{n} bytes"));
-                return Err(V2Error::Request(format!("{what} is {want} but its binary_data_size is {}", data.len())));
-            }
-        }
+        Some(size) => check_len(&what, count, size, data.len(), "binary_data_size")?,
         None => {
             let elements = bytes_elements(data).map_err(|e| {
                 V2Error::Request(format!(
@@ -243,31 +258,34 @@ fn check_binary(name: &str, dtype: DType, shape: &[i64], count: usize, data: &[u
     Ok(())
 }
 
-fn requested_output(out: RawOutput) -> Result<RequestedOutput, V2Error> {
-    let mut req = RequestedOutput { name: out.name, binary_data: None, classification: None };
+/// Output `name` as requested with `parameters`.
+pub fn requested_output(name: String, parameters: Option<&Map<String, Value>>) -> Result<RequestedOutput, V2Error> {
+    let what = format!("output `{name}`");
+    let region = ShmRef::from_parameters(&what, parameters)?;
+    let mut req = RequestedOutput { name, binary_data: None, classification: None, region: None };
     let bad = |key: &str, v: &Value, accepted: &str| {
         V2Error::Request(format!("output `{}`: parameter `{key}` is {v}; accepted: {accepted}", req.name))
     };
     let mut binary_data = None;
     let mut classification = None;
-    for (key, v) in out.parameters.iter().flatten() {
+    for (key, v) in parameters.into_iter().flatten() {
         match key.as_str() {
             "binary_data" => binary_data = Some(v.as_bool().ok_or_else(|| bad(key, v, "true or false"))?),
             "classification" => {
                 let k = v.as_u64().and_then(|k| u32::try_from(k).ok()).filter(|&k| k > 0);
                 classification = Some(k.ok_or_else(|| bad(key, v, "a class count, an integer ≥ 1"))?);
             }
-            "shared_memory_region" => {
-                return Err(V2Error::Request(format!(
-                    "output `{}` asks for shared memory, which this server does not support; \
-                     ask for binary_data instead",
-                    req.name
-                )));
-            }
             _ => {}
         }
     }
+    if classification.is_some() && region.is_some() {
+        return Err(V2Error::Request(format!(
+            "{what} asks for classification into shared_memory_region; classification results come in the \
+             response only: ask for one or the other"
+        )));
+    }
     req.binary_data = binary_data;
     req.classification = classification;
+    req.region = region;
     Ok(req)
 }

@@ -3,7 +3,7 @@ use model_repo::DType;
 use serde_json::json;
 
 use super::*;
-use crate::v2::{InputData, RequestedOutput, parse_infer};
+use crate::v2::{InputData, RequestedOutput, ShmRef, parse_infer};
 
 #[test]
 fn json_only_request_from_tritonclient() {
@@ -19,7 +19,7 @@ fn json_only_request_from_tritonclient() {
     assert_eq!((x.datatype, x.shape.clone()), (DType::F32, vec![2, 3]));
     let InputData::Json(bytes) = &x.data else { panic!("x is JSON") };
     assert_eq!(f32s(bytes), [1.5, -2.25, 3e-8, 0.1, 1e30, -0.0], "the client's f64 text rounds back to its f32s");
-    let data = |i: usize| req.inputs[i].data.tensor_bytes(&body).to_vec();
+    let data = |i: usize| req.inputs[i].data.tensor_bytes(&body).unwrap().to_vec();
     assert_eq!(data(1), le(&[-9007199254740993i64, 7], i64::to_le_bytes), "INT64 beyond 2^53 stays exact");
     assert_eq!(data(2), [1, 0]);
     assert_eq!(data(3), bytes_tensor(&["hello".as_bytes(), "wörld".as_bytes()]), "\\u00F6 becomes UTF-8");
@@ -28,8 +28,8 @@ fn json_only_request_from_tritonclient() {
     assert_eq!(
         req.outputs,
         [
-            RequestedOutput { name: "y".into(), binary_data: Some(false), classification: None },
-            RequestedOutput { name: "z".into(), binary_data: Some(true), classification: None },
+            RequestedOutput { name: "y".into(), binary_data: Some(false), classification: None, region: None },
+            RequestedOutput { name: "z".into(), binary_data: Some(true), classification: None, region: None },
         ]
     );
 }
@@ -70,7 +70,7 @@ fn mixed_binary_and_json_with_classification() {
     assert_eq!(req.inputs[2].data, InputData::Binary(hl + 16..hl + 18), "binary after a JSON input continues");
     assert_eq!(req.outputs[0].classification, Some(2));
     assert_eq!(req.outputs[0].binary_data, Some(false));
-    assert_eq!(req.outputs[1], RequestedOutput { name: "y".into(), binary_data: Some(true), classification: None });
+    assert_eq!(req.outputs[1], RequestedOutput { name: "y".into(), binary_data: Some(true), classification: None, region: None });
 }
 
 #[test]
@@ -85,8 +85,8 @@ fn images_and_fp16() {
     let halves = |b: &[u8]| -> Vec<f32> {
         b.chunks_exact(2).map(|c| f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect()
     };
-    assert_eq!(halves(req.inputs[0].data.tensor_bytes(&body)), [f16::from_f32(0.1).to_f32(), -65504.0, 1.0]);
-    assert_eq!(halves(req.inputs[1].data.tensor_bytes(&body)), [0.5, -2.0]);
+    assert_eq!(halves(req.inputs[0].data.tensor_bytes(&body).unwrap()), [f16::from_f32(0.1).to_f32(), -65504.0, 1.0]);
+    assert_eq!(halves(req.inputs[1].data.tensor_bytes(&body).unwrap()), [0.5, -2.0]);
 }
 
 #[test]
@@ -164,9 +164,33 @@ fn each_input_needs_exactly_one_kind_of_data() {
     let hl = body.len();
     body.extend([0; 4]);
     expect_err(parse_infer(&body, Some(hl)), &["both `data` and parameters.binary_data_size"]);
-    let shm = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],
+    let shm = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1],
         "parameters":{"shared_memory_region":"r","shared_memory_byte_size":4}}]}"#;
-    json_err(shm, &["`x` uses shared memory", "not support"]);
+    json_err(shm, &["`x` names shared_memory_region and also has `data`"]);
+}
+
+#[test]
+fn shared_memory_inputs_and_outputs_name_a_region_and_a_size() {
+    let shm = |params: &str| {
+        format!(
+            r#"{{"inputs":[{{"name":"x","datatype":"FP32","shape":[2],"parameters":{params}}}],
+            "outputs":[{{"name":"y","parameters":{{"shared_memory_region":"out","shared_memory_byte_size":64}}}}]}}"#
+        )
+    };
+    let req = parse_infer(
+        shm(r#"{"shared_memory_region":"in","shared_memory_offset":16,"shared_memory_byte_size":8}"#).as_bytes(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(req.inputs[0].data, InputData::Region(ShmRef { region: "in".into(), offset: 16, byte_size: 8 }));
+    assert_eq!(req.outputs[0].region, Some(ShmRef { region: "out".into(), offset: 0, byte_size: 64 }));
+    json_err(&shm(r#"{"shared_memory_region":"in"}"#), &["`x` names shared_memory_region `in` without shared_memory_byte_size"]);
+    json_err(&shm(r#"{"shared_memory_region":"in","shared_memory_byte_size":7}"#), &["`x`", "8 bytes", "shared_memory_byte_size is 7"]);
+    json_err(&shm(r#"{"shared_memory_region":5,"shared_memory_byte_size":8}"#), &["shared_memory_region is 5", "a registered region's name"]);
+    json_err(
+        &shm(r#"{"shared_memory_region":"in","shared_memory_byte_size":8,"shared_memory_offset":-1}"#),
+        &["shared_memory_offset is -1", "≥ 0"],
+    );
 }
 
 #[test]
@@ -217,7 +241,11 @@ fn parameters_must_have_the_right_types() {
     json_err(&with(r#""outputs":[{"name":"y","parameters":{"classification":0}}]"#), &["`y`", "classification", "≥ 1"]);
     json_err(&with(r#""outputs":[{"name":"y","parameters":{"binary_data":"yes"}}]"#), &["`y`", "binary_data"]);
     json_err(&with(r#""outputs":[{"name":"y"},{"name":"y"}]"#), &["`y` is requested twice"]);
-    json_err(&with(r#""outputs":[{"name":"y","parameters":{"shared_memory_region":"r"}}]"#), &["shared memory"]);
+    json_err(&with(r#""outputs":[{"name":"y","parameters":{"shared_memory_region":"r"}}]"#), &["without shared_memory_byte_size"]);
+    json_err(
+        &with(r#""outputs":[{"name":"y","parameters":{"classification":2,"shared_memory_region":"r","shared_memory_byte_size":8}}]"#),
+        &["classification into shared_memory_region"],
+    );
     let req = parse_infer(with(r#""outputs":[{"name":"y"}],"id":"q""#).as_bytes(), None).unwrap();
-    assert_eq!(req.outputs[0], RequestedOutput { name: "y".into(), binary_data: None, classification: None });
+    assert_eq!(req.outputs[0], RequestedOutput { name: "y".into(), binary_data: None, classification: None, region: None });
 }

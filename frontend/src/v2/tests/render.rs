@@ -74,6 +74,7 @@ fn request(outputs: &[(&str, Option<bool>, Option<u32>)], binary_data_output: bo
                 name: name.into(),
                 binary_data,
                 classification,
+                region: None,
             })
             .collect(),
     }
