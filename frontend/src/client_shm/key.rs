@@ -17,11 +17,7 @@ const MAX_NAME: usize = 255;
 /// component, which `shm_open` looks up in /dev/shm) and not a path.
 pub fn check(key: &str) -> Result<&str, ApiError> {
     let name = key.strip_prefix('/').unwrap_or(key);
-    let bad = name.is_empty()
-        || name.len() > MAX_NAME
-        || name.contains(['/', '\0'])
-        || name == "."
-        || name == "..";
+    let bad = name.is_empty() || name.len() > MAX_NAME || name.contains(['/', '\0']) || name == "." || name == "..";
     if bad {
         return Err(ApiError::BadRequest(format!(
             "key `{}` is not a POSIX shared-memory name; accepted: `/name` or `name`, one component of 1 to \
@@ -37,7 +33,9 @@ pub fn open(key: &str) -> Result<OwnedFd, ApiError> {
     let name = check(key)?;
     rustix::shm::open(format!("/{name}").as_str(), OFlags::RDWR, Mode::empty()).map_err(|e| {
         let hint = match e {
-            Errno::NOENT => "; create it first (shm_open, or tritonclient.utils.shared_memory.create_shared_memory_region)",
+            Errno::NOENT => {
+                "; create it first (shm_open, or tritonclient.utils.shared_memory.create_shared_memory_region)"
+            }
             Errno::ACCESS => "; the daemon's user must be able to read and write it",
             _ => "",
         };
@@ -91,7 +89,8 @@ pub fn write_all(fd: &OwnedFd, mut src: &[u8], mut at: usize) -> Result<(), Stri
 }
 
 fn shrunk(fd: &OwnedFd, needed: usize) -> String {
-    let now = rustix::fs::fstat(fd).map_or_else(|e| format!("cannot be examined: {e}"), |s| format!("{} bytes", s.st_size));
+    let now =
+        rustix::fs::fstat(fd).map_or_else(|e| format!("cannot be examined: {e}"), |s| format!("{} bytes", s.st_size));
     format!(
         "the object ends before byte {needed} (now {now}); it shrank since it was registered: keep a region's object \
          at its size until it is unregistered"

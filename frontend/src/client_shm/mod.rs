@@ -15,7 +15,7 @@
 
 mod key;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -183,6 +183,15 @@ impl Regions {
         key::write_all(&region.fd, src, region.offset + at.offset)
             .map_err(|e| ApiError::BadRequest(format!("{what}: region `{}` ({}): {e}", at.region, region.key)))
     }
+}
+
+/// The answer to registering a CUDA region, over either protocol: no
+/// client memory on a GPU is taken here.
+pub fn cuda_unsupported(name: &str) -> ApiError {
+    ApiError::Unavailable(format!(
+        "cannot register CUDA shared-memory region `{name}`: highserve takes no CUDA IPC regions; register a \
+         system shared-memory region instead (with --allow-client-shm)"
+    ))
 }
 
 /// "input `x`", for messages, formatted only when one is made.

@@ -9,14 +9,15 @@ use super::Regions;
 use crate::error::ApiError;
 use crate::v2::ShmRef;
 
-/// A shared-memory object of `len` bytes holding 0, 1, 2, …, removed on drop.
-struct Object {
-    key: String,
+/// A shared-memory object of `len` bytes holding 0, 1, 2, …, removed on
+/// drop (also used by the frontend's socket-free tests).
+pub(crate) struct Object {
+    pub key: String,
     fd: OwnedFd,
 }
 
 impl Object {
-    fn new(tag: &str, len: usize) -> Object {
+    pub fn new(tag: &str, len: usize) -> Object {
         let key = format!("/highserve-test-{}-{tag}", std::process::id());
         let fd = rustix::shm::open(key.as_str(), OFlags::CREATE | OFlags::EXCL | OFlags::RDWR, Mode::RUSR | Mode::WUSR)
             .expect("shm_open");
@@ -25,11 +26,11 @@ impl Object {
         Object { key, fd }
     }
 
-    fn truncate(&self, len: u64) {
+    pub fn truncate(&self, len: u64) {
         rustix::fs::ftruncate(&self.fd, len).expect("ftruncate");
     }
 
-    fn bytes(&self, at: u64, len: usize) -> Vec<u8> {
+    pub fn bytes(&self, at: u64, len: usize) -> Vec<u8> {
         let mut out = vec![0; len];
         assert_eq!(rustix::io::pread(&self.fd, &mut out, at).unwrap(), len);
         out
@@ -104,7 +105,11 @@ fn tensors_must_lie_inside_their_region() {
     let mut dst = [0u8; 8];
     expect_err(regions.read(&at("r", 28, 8), &mut dst, "x"), 400, &["input `x`", "past the end of region `r`"]);
     expect_err(regions.read(&at("q", 0, 8), &mut dst, "x"), 400, &["input `x`", "no shared-memory region `q`"]);
-    expect_err(regions.read(&at("r", 0, 4), &mut dst, "x"), 400, &["input `x` is 8 bytes", "shared_memory_byte_size is 4"]);
+    expect_err(
+        regions.read(&at("r", 0, 4), &mut dst, "x"),
+        400,
+        &["input `x` is 8 bytes", "shared_memory_byte_size is 4"],
+    );
     expect_err(regions.write(&at("r", 0, 4), &[0; 8], "y"), 400, &["output `y` is 8 bytes", "at least"]);
 }
 

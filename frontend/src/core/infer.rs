@@ -9,13 +9,13 @@ use super::answer::Answer;
 use super::input::{Buffered, ImageLayout, Reading, Work};
 use super::job::{Job, RequestParams};
 use super::payload::Payload;
+use crate::admission::Permit;
 use crate::body::{BodySource, Timed};
 use crate::error::ApiError;
 use crate::metrics::Track;
 use crate::state::State;
 use crate::table::Serving;
 use crate::v2::{self, InferRequest};
-use crate::admission::Permit;
 
 /// One inference request, as an adapter hands it over.
 pub struct Request<'r> {

@@ -7,3 +7,4 @@ mod repository;
 mod response;
 pub mod router;
 pub mod serve;
+mod shared_memory;

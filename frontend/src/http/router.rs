@@ -8,10 +8,11 @@ use model_repo::Model;
 use super::infer;
 use super::repository::{self, Order};
 use super::response::{self, Resp};
+use super::shared_memory;
 use crate::body::BodySource;
 use crate::error::ApiError;
 use crate::state::State;
-use crate::{metrics, stats, table, v2};
+use crate::{client_shm, metrics, stats, table, v2};
 
 /// Answers `req`: the whole API on the main port.
 pub async fn route<B: BodySource>(state: &State, req: Request<B>) -> Resp {
@@ -76,6 +77,22 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
         ["v2", "repository", "models", name, "unload"] if post => {
             repository::order(state, name, Order::Unload, req).await
         }
+        ["v2", "systemsharedmemory", "status"] if get => shared_memory::status(state, None),
+        ["v2", "systemsharedmemory", "region", name, "status"] if get => shared_memory::status(state, Some(name)),
+        ["v2", "systemsharedmemory", "region", name, "register"] if post => {
+            shared_memory::register(state, name, req).await
+        }
+        ["v2", "systemsharedmemory", "region", name, "unregister"] if post => {
+            Ok(shared_memory::unregister(state, Some(name)))
+        }
+        ["v2", "systemsharedmemory", "unregister"] if post => Ok(shared_memory::unregister(state, None)),
+        ["v2", "cudasharedmemory", "status"] | ["v2", "cudasharedmemory", "region", _, "status"] if get => {
+            Ok(response::json(b"[]".to_vec()))
+        }
+        ["v2", "cudasharedmemory", "region", name, "register"] if post => Err(client_shm::cuda_unsupported(name)),
+        ["v2", "cudasharedmemory", "unregister"] | ["v2", "cudasharedmemory", "region", _, "unregister"] if post => {
+            Ok(response::json(b"{}".to_vec()))
+        }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
                 ["versions", v, rest @ ..] => (Some(*v), rest),
@@ -108,6 +125,8 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
         | ["v2", "health", "live" | "ready"]
         | ["v2", "repository", "index"]
         | ["v2", "repository", "models", _, "load" | "unload"]
+        | ["v2", "systemsharedmemory" | "cudasharedmemory", "status" | "unregister"]
+        | ["v2", "systemsharedmemory" | "cudasharedmemory", "region", _, "status" | "register" | "unregister"]
         | ["metrics"] => Err(wrong()),
         _ => Err(ApiError::NotFound(format!("no route {path}; the API is under /v2 (see docs/api.md)"))),
     }

@@ -18,7 +18,7 @@ use crate::dispatch::Target;
 /// A worker that answers `n` requests with `answer` (which may rewrite the
 /// slot and returns the reply's descriptor, or `None` to fail the request)
 /// and returns each request's descriptor and slot bytes.
-fn worker(
+pub(super) fn worker(
     h: &Harness,
     p: ProcId,
     n: usize,

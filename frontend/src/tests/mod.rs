@@ -4,6 +4,7 @@
 //! threads standing in for the workers.
 
 mod admission;
+mod client_shm;
 mod control;
 mod dispatch;
 mod routing;

@@ -6,8 +6,16 @@ use model_repo::{Model, TensorConfig, VersionPolicy};
 use serde_json::{Value, json};
 
 /// Protocol extensions this server implements, as named in Triton's list.
-const EXTENSIONS: [&str; 5] =
-    ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository"];
+/// (`cuda_shared_memory` is not listed: its calls answer, with no regions,
+/// so that clients that clear both kinds work, but none can be registered.)
+const EXTENSIONS: [&str; 6] = [
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "system_shared_memory",
+];
 
 /// `GET /v2`.
 pub fn server_metadata() -> Vec<u8> {

@@ -39,7 +39,9 @@ enum OutputParameters<'a> {
 fn parameters<'a>(s: &'a Selected<'_>) -> Option<OutputParameters<'a>> {
     match s.region {
         // As Triton: the region and how many bytes of it the output took.
-        Some(at) => Some(OutputParameters::Region { shared_memory_region: &at.region, shared_memory_byte_size: s.data.len() }),
+        Some(at) => {
+            Some(OutputParameters::Region { shared_memory_region: &at.region, shared_memory_byte_size: s.data.len() })
+        }
         None => s.binary.then(|| OutputParameters::Binary { binary_data_size: s.data.len() }),
     }
 }

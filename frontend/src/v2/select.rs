@@ -54,7 +54,14 @@ pub fn select_outputs<'a>(resp: &InferResponse<'a>, req: &'a InferRequest) -> Re
                 None => plain(out, binary, r.region.as_ref())?,
                 Some(k) => {
                     let (shape, data) = classify(out, k, batched, labels(out.name))?;
-                    Selected { name: out.name, datatype: DType::Bytes, shape, data: Cow::Owned(data), binary, region: None }
+                    Selected {
+                        name: out.name,
+                        datatype: DType::Bytes,
+                        shape,
+                        data: Cow::Owned(data),
+                        binary,
+                        region: None,
+                    }
                 }
             });
         }

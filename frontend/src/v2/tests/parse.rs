@@ -70,7 +70,10 @@ fn mixed_binary_and_json_with_classification() {
     assert_eq!(req.inputs[2].data, InputData::Binary(hl + 16..hl + 18), "binary after a JSON input continues");
     assert_eq!(req.outputs[0].classification, Some(2));
     assert_eq!(req.outputs[0].binary_data, Some(false));
-    assert_eq!(req.outputs[1], RequestedOutput { name: "y".into(), binary_data: Some(true), classification: None, region: None });
+    assert_eq!(
+        req.outputs[1],
+        RequestedOutput { name: "y".into(), binary_data: Some(true), classification: None, region: None }
+    );
 }
 
 #[test]
@@ -184,9 +187,18 @@ fn shared_memory_inputs_and_outputs_name_a_region_and_a_size() {
     .unwrap();
     assert_eq!(req.inputs[0].data, InputData::Region(ShmRef { region: "in".into(), offset: 16, byte_size: 8 }));
     assert_eq!(req.outputs[0].region, Some(ShmRef { region: "out".into(), offset: 0, byte_size: 64 }));
-    json_err(&shm(r#"{"shared_memory_region":"in"}"#), &["`x` names shared_memory_region `in` without shared_memory_byte_size"]);
-    json_err(&shm(r#"{"shared_memory_region":"in","shared_memory_byte_size":7}"#), &["`x`", "8 bytes", "shared_memory_byte_size is 7"]);
-    json_err(&shm(r#"{"shared_memory_region":5,"shared_memory_byte_size":8}"#), &["shared_memory_region is 5", "a registered region's name"]);
+    json_err(
+        &shm(r#"{"shared_memory_region":"in"}"#),
+        &["`x` names shared_memory_region `in` without shared_memory_byte_size"],
+    );
+    json_err(
+        &shm(r#"{"shared_memory_region":"in","shared_memory_byte_size":7}"#),
+        &["`x`", "8 bytes", "shared_memory_byte_size is 7"],
+    );
+    json_err(
+        &shm(r#"{"shared_memory_region":5,"shared_memory_byte_size":8}"#),
+        &["shared_memory_region is 5", "a registered region's name"],
+    );
     json_err(
         &shm(r#"{"shared_memory_region":"in","shared_memory_byte_size":8,"shared_memory_offset":-1}"#),
         &["shared_memory_offset is -1", "≥ 0"],
@@ -241,11 +253,19 @@ fn parameters_must_have_the_right_types() {
     json_err(&with(r#""outputs":[{"name":"y","parameters":{"classification":0}}]"#), &["`y`", "classification", "≥ 1"]);
     json_err(&with(r#""outputs":[{"name":"y","parameters":{"binary_data":"yes"}}]"#), &["`y`", "binary_data"]);
     json_err(&with(r#""outputs":[{"name":"y"},{"name":"y"}]"#), &["`y` is requested twice"]);
-    json_err(&with(r#""outputs":[{"name":"y","parameters":{"shared_memory_region":"r"}}]"#), &["without shared_memory_byte_size"]);
     json_err(
-        &with(r#""outputs":[{"name":"y","parameters":{"classification":2,"shared_memory_region":"r","shared_memory_byte_size":8}}]"#),
+        &with(r#""outputs":[{"name":"y","parameters":{"shared_memory_region":"r"}}]"#),
+        &["without shared_memory_byte_size"],
+    );
+    json_err(
+        &with(
+            r#""outputs":[{"name":"y","parameters":{"classification":2,"shared_memory_region":"r","shared_memory_byte_size":8}}]"#,
+        ),
         &["classification into shared_memory_region"],
     );
     let req = parse_infer(with(r#""outputs":[{"name":"y"}],"id":"q""#).as_bytes(), None).unwrap();
-    assert_eq!(req.outputs[0], RequestedOutput { name: "y".into(), binary_data: None, classification: None, region: None });
+    assert_eq!(
+        req.outputs[0],
+        RequestedOutput { name: "y".into(), binary_data: None, classification: None, region: None }
+    );
 }
