@@ -134,6 +134,9 @@ impl From<shm::ShmError> for ApiError {
             shm::ShmError::NoSlot { .. } | shm::ShmError::Full { .. } => {
                 ApiError::Unavailable(format!("the server is out of shared-memory capacity: {e}"))
             }
+            // Refused before the pool's memory crosses its ceiling, as
+            // admission refuses when full: the client may retry.
+            shm::ShmError::Ceiling { .. } => ApiError::TooManyRequests(e.to_string()),
             shm::ShmError::PeerGone(_) => ApiError::Unavailable(format!("a worker is down: {e}")),
             other => ApiError::Internal(other.to_string()),
         }

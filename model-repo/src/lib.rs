@@ -12,6 +12,7 @@
 mod config;
 pub mod control;
 mod load;
+mod memory;
 pub mod onnx_meta;
 mod pipeline;
 
@@ -20,6 +21,7 @@ pub use config::{
     Preprocess, ResizeMode, TensorConfig, VersionPolicy,
 };
 pub use load::{Model, ModelState, Repository, catalog, valid_name};
+pub use memory::{SlotNeed, TABLE_ROOM};
 pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};
 pub use shm::tensor::DType;
 

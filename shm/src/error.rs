@@ -18,6 +18,11 @@ pub enum ShmError {
         "no free shared-memory slot of at least {wanted} bytes (largest slot class is {largest} bytes; raise [shm] slot counts or sizes)"
     )]
     NoSlot { wanted: usize, largest: usize },
+    #[error(
+        "the shared-memory pool is at its ceiling: {committed} of {ceiling} bytes hold memory and no slot of at least \
+         {wanted} bytes that does is free (raise shm.max_bytes, or lower server.max_inflight)"
+    )]
+    Ceiling { wanted: usize, committed: u64, ceiling: u64 },
     #[error("descriptor from {from:?} refers to slot {slot}, which does not exist (the region has {count} slots)")]
     BadSlot { from: ProcId, slot: u32, count: u32 },
     #[error("descriptor refers to bytes {offset}..{end} of slot {slot}, which holds {capacity} bytes")]

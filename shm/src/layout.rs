@@ -13,10 +13,15 @@ pub const SLOT_ALIGN: usize = 4096;
 pub const LANE_HEADER: usize = 128;
 /// Bytes of one process-table entry (one cache line).
 pub const PROC_ENTRY: usize = 64;
-/// Bytes of one slot's metadata (owner word and request id).
+/// Bytes of one slot's metadata: owner word, commit stamp
+/// ([`crate::slots`]), request id.
 pub const SLOT_META: usize = 16;
 /// Bytes reserved for the region header.
 pub const HEADER_LEN: usize = 4096;
+/// Where in the header the pool's counters sit: bytes committed now, and
+/// bytes returned to the kernel so far (two `u64`s, after the header's
+/// fixed part).
+pub const POOL_COUNTERS: usize = 2048;
 
 /// How many processes of each kind share the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +104,11 @@ pub struct LayoutParams {
     pub _pad: u32,
     pub class_sizes: [u64; MAX_CLASSES],
     pub class_counts: [u32; MAX_CLASSES],
+    /// The most bytes of slots that may hold memory at once (0: no
+    /// ceiling). Slots commit their pages on first use
+    /// ([`crate::SlotPool::alloc`]); one whose pages would cross this is
+    /// not used.
+    pub max_committed: u64,
 }
 
 impl LayoutParams {
@@ -132,8 +142,18 @@ impl LayoutParams {
         Ok(p)
     }
 
+    /// The same layout with a ceiling on committed slot bytes (0: none).
+    pub fn with_ceiling(self, bytes: u64) -> LayoutParams {
+        LayoutParams { max_committed: bytes, ..self }
+    }
+
     pub fn topology(&self) -> Topology {
         Topology { gpus: self.gpus as u16, preprocs: self.preprocs as u16 }
+    }
+
+    /// Bytes of all slots together.
+    pub fn slot_bytes(&self) -> u64 {
+        (0..self.classes as usize).map(|i| self.class_sizes[i] * self.class_counts[i] as u64).sum()
     }
 
     pub fn slot_classes(&self) -> Vec<SlotClass> {

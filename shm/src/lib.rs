@@ -49,7 +49,7 @@ pub use mailbox::{Inbox, Outbox};
 pub use peers::Peers;
 pub use region::Region;
 pub use role::Role;
-pub use slots::{Held, Lent, Slot, SlotPool};
+pub use slots::{Held, Lent, PoolMemory, Slot, SlotPool};
 
 /// Monotonic clock in nanoseconds, comparable across processes on one host
 /// (CLOCK_MONOTONIC), used for deadlines and queue times in descriptors.

@@ -1,4 +1,7 @@
-//! The one shared region: a memfd mapped in every process, pre-touched.
+//! The one shared region: a memfd mapped in every process. Its pages are
+//! committed when first touched, not at start-up: the slots only as they
+//! are used ([`crate::slots`]), and the rest (header, lanes, statistics)
+//! within the first requests.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -7,13 +10,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use bytemuck::{Pod, Zeroable};
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::layout::{HEADER_LEN, Layout, LayoutParams, PROC_ENTRY};
+use crate::layout::{HEADER_LEN, Layout, LayoutParams, POOL_COUNTERS, PROC_ENTRY};
 use crate::{ProcId, ShmError};
 
 /// "HSERVE" plus two format bytes, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HSERVE\x00\x01");
 /// Bumped whenever the layout or a cross-process record changes shape.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -25,7 +28,7 @@ struct Header {
     params: LayoutParams,
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<Header>() <= POOL_COUNTERS && POOL_COUNTERS + 16 <= HEADER_LEN);
 
 /// A process's entry in the region's process table: its wake flag and the
 /// lifecycle state the supervisor publishes for the others to read.
@@ -89,7 +92,7 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Creates a memfd region for `params`, maps it with every page touched, and
+    /// Creates a memfd region for `params`, maps it (no page committed yet), and
     /// writes the header. The fd is close-on-exec; the supervisor marks it
     /// inheritable for its children (see [`crate::fd`]).
     pub fn create(name: &str, params: &LayoutParams) -> Result<Region, ShmError> {
@@ -136,9 +139,12 @@ impl Region {
     }
 
     fn map(fd: OwnedFd, layout: Layout) -> Result<Region, ShmError> {
-        // MAP_POPULATE pre-faults every page: an untouched mapping costs about
-        // 245 µs of page faults per 600 KB tensor copy (DESIGN.md).
-        let map = MmapOptions::new().len(layout.total_len).populate().map_raw(&fd)?;
+        // Not pre-faulted: a page costs memory once touched. A first touch
+        // costs a fault (about 245 µs per 600 KB tensor copy, DESIGN.md), so
+        // the slot pool hands out the slots used before first
+        // ([`crate::SlotPool::alloc`]): after warm-up the hot path touches
+        // only pages it has touched before.
+        let map = MmapOptions::new().len(layout.total_len).map_raw(&fd)?;
         let base =
             NonNull::new(map.as_mut_ptr()).ok_or_else(|| ShmError::BadLayout("mmap returned a null pointer".into()))?;
         Ok(Region { base, len: layout.total_len, layout, mapping: Mapping::Mmap { _map: map, fd } })
@@ -158,6 +164,26 @@ impl Region {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Returns the pages of `len` bytes at `offset` to the kernel (a hole
+    /// punched in the memfd, so every process's mapping of them goes): the
+    /// next touch finds zeroed pages, committed anew. A heap region keeps
+    /// its memory.
+    pub(crate) fn discard(&self, offset: usize, len: usize) -> Result<(), ShmError> {
+        match &self.mapping {
+            Mapping::Mmap { fd, .. } => {
+                let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+                rustix::fs::fallocate(fd, flags, offset as u64, len as u64).map_err(std::io::Error::from)?;
+                Ok(())
+            }
+            Mapping::Heap { .. } => Ok(()),
+        }
+    }
+
+    /// Bytes of slots committed now, and returned to the kernel so far.
+    pub(crate) fn pool_counters(&self) -> (&AtomicU64, &AtomicU64) {
+        (self.atomic_u64(POOL_COUNTERS), self.atomic_u64(POOL_COUNTERS + 8))
     }
 
     pub fn len(&self) -> usize {

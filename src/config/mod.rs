@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod cli;
+pub mod slots;
 
 pub use self::cli::Overrides;
 use crate::models::Mode;
@@ -193,7 +194,25 @@ pub struct SlotClass {
 pub struct Shm {
     pub lane_capacity: u32,
     pub spin_microseconds: u64,
+    /// Explicit slot classes; empty: derived from the models
+    /// ([`slots::classes`]).
+    #[serde(default)]
     pub slots: Vec<SlotClass>,
+    /// The most bytes the slots may hold in memory at once (0: no ceiling).
+    #[serde(default = "default_shm_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// A free slot unused this long returns its pages to the kernel (0:
+    /// never).
+    #[serde(default = "default_release_idle_secs")]
+    pub release_idle_secs: u64,
+}
+
+fn default_shm_max_bytes() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+fn default_release_idle_secs() -> u64 {
+    300
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -331,7 +350,7 @@ impl Config {
                 );
             }
         }
-        let largest = self.shm.slots.iter().map(|s| s.size.0).max().unwrap_or(0);
+        let largest = self.shm.slots.iter().map(|s| s.size.0).max().unwrap_or(u64::MAX);
         if largest < self.server.max_body_bytes.0 + 4096 {
             bail!(
                 "the largest shm slot ({largest} bytes) must hold server.max_body_bytes ({}) plus 4096",
@@ -372,7 +391,8 @@ mod tests {
         assert_eq!(cfg.server.host, "127.0.0.1", "loopback unless configured otherwise");
         assert!(cfg.models.repository.ends_with("models"));
         assert!(cfg.models.repository.is_absolute());
-        assert_eq!(cfg.shm.slots[0].size, ByteSize(256 << 10));
+        assert!(cfg.shm.slots.is_empty(), "slot classes are derived from the models");
+        assert_eq!(cfg.shm.max_bytes, ByteSize(1 << 30));
     }
 
     /// docs/configuration.md is written by hand; this keeps it complete: every
@@ -456,7 +476,7 @@ mod tests {
         let cases = [
             ("lane_capacity = 1024", "lane_capacity = 1000", "power of two"),
             ("max_inflight = 256", "max_inflight = 4096", "lane never fills"),
-            ("max_body_bytes = \"16MiB\"", "max_body_bytes = \"64MiB\"", "largest shm slot"),
+            ("slots = []", "slots = [{ size = \"1MiB\", count = 8 }]", "largest shm slot"),
             ("restart_backoff_ms = [100, 5000]", "restart_backoff_ms = [100, 50]", "restart_backoff_ms"),
             ("format = \"text\"", "format = \"xml\"", "xml"),
             ("gpu_backend = \"tract-cuda\"", "gpu_backend = \"tensorrt\"", "onnxruntime-cuda"),

@@ -9,7 +9,6 @@ use super::catalog::CatalogError;
 use super::{Catalog, Manager};
 
 /// Room a slot keeps beside a request's tensor for its tensor table.
-const TABLE_ROOM: usize = 4096;
 
 #[derive(Debug, Default)]
 pub(super) struct Plan {
@@ -79,13 +78,14 @@ pub(super) fn load<C: Catalog>(m: &Manager<C>, name: &str, config: Option<&str>)
     for model in models {
         let invalid = |message: String| ControlError::Invalid(format!("model `{}`: {message}", model.name));
         let versions = model.config.version_policy.select(&model.versions).map_err(invalid)?;
-        if let Some((tensor, bytes)) = model.config.largest_tensor().filter(|_| !model.is_pipeline())
-            && bytes + TABLE_ROOM > m.largest_slot
+        if let Some(need) = model.config.slot_need()
+            && need.bytes > m.largest_slot
         {
             return Err(invalid(format!(
-                "its tensor `{tensor}` is {bytes} bytes for one request; the largest shared-memory slot holds {} \
-                 (config: shm.slots)",
-                m.largest_slot
+                "{} needs a {}-byte shared-memory slot; the largest holds {} (the classes were set at start, from \
+                 shm.slots or from the models loaded then: list a larger class in shm.slots, or load this model at \
+                 start, within shm.max_bytes)",
+                need.what, need.bytes, m.largest_slot
             )));
         }
         let mut kept = Vec::new();

@@ -59,7 +59,7 @@ fn manager<'a>(fake: &'a Fake, mode: Mode, loaded: &[&str], capacity: usize) -> 
     }
     let table = Repository { root: PathBuf::from("/r"), models, generation: 0, failures: Default::default() };
     let procs = Procs { frontend: FRONTEND, gpus: vec![GPU], preprocs: vec![PREPROC] };
-    Manager::new(fake, mode, table, capacity, 1 << 20, procs)
+    Manager::new(fake, mode, table, capacity, 64 << 20, procs)
 }
 
 fn load(name: &str) -> Input {
@@ -178,7 +178,7 @@ fn a_pipeline_loads_its_models_and_holds_them_unless_dependents_go_too() {
 fn orders_outside_explicit_mode_and_beyond_the_limits_are_refused_saying_why() {
     let fake = Fake::default();
     fake.put("m", MODEL, &[1]);
-    fake.put("big", &MODEL.replace("dims = [2]\n[[output]]", "dims = [1000000]\n[[output]]"), &[1]);
+    fake.put("big", &MODEL.replace("dims = [2]\n[[output]]", "dims = [20000000]\n[[output]]"), &[1]);
     let mut none = manager(&fake, Mode::None, &[], 4);
     let out = none.handle(load("m"));
     let [Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else { panic!("{out:?}") };
@@ -195,7 +195,7 @@ fn orders_outside_explicit_mode_and_beyond_the_limits_are_refused_saying_why() {
     assert!(why.contains("models.max_models") && full.table().failures["m"] == *why, "{why}");
     let out = full.handle(load("big"));
     let [_, Action::Reply { result: Err(ControlError::Invalid(why)), .. }] = &out[..] else { panic!("{out:?}") };
-    assert!(why.contains("4000000 bytes") && why.contains("shm.slots"), "{why}");
+    assert!(why.contains("80000000 bytes") && why.contains("shm.slots"), "{why}");
     let out = full.handle(load("nope"));
     assert!(matches!(&out[..], [Action::Reply { result: Err(ControlError::NotFound(_)), .. }]), "{out:?}");
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shm::mailbox::Wiring;
 use shm::region::ProcState;
-use shm::{LayoutParams, ProcId, Region, Role, SlotClass, SlotPool, Topology};
+use shm::{LayoutParams, ProcId, Region, Role, SlotPool, Topology};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -63,10 +63,6 @@ pub struct Supervisor {
     unhealthy: Option<String>,
 }
 
-fn slot_classes(cfg: &Config) -> Vec<SlotClass> {
-    cfg.shm.slots.iter().map(|s| SlotClass { size: s.size.0 as usize, count: s.count }).collect()
-}
-
 impl Supervisor {
     pub fn new(cfg: Config, run_dir: Option<PathBuf>) -> anyhow::Result<Supervisor> {
         let repository = models::initial(&cfg)?;
@@ -83,17 +79,28 @@ impl Supervisor {
                 tracing::info!("{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes", m.name);
             }
         }
-        let params = LayoutParams::new(
-            topology,
-            cfg.models.max_models as usize,
-            cfg.shm.lane_capacity as usize,
-            &slot_classes(&cfg),
-        )?;
+        // Under model control, any model of the repository may come later.
+        let later: Vec<_> = match cfg.models.control_mode {
+            crate::models::Mode::None => Vec::new(),
+            _ => {
+                use crate::models::Catalog;
+                let disk = crate::models::Disk(cfg.models.repository.clone());
+                let loaded = |n: &String| repository.models.iter().any(|m| &m.name == n);
+                disk.names().iter().filter(|n| !loaded(n)).filter_map(|n| disk.read(n, None).ok()).collect()
+            }
+        };
+        let classes = crate::config::slots::classes(&cfg, &repository.models, &later)?;
+        let params =
+            LayoutParams::new(topology, cfg.models.max_models as usize, cfg.shm.lane_capacity as usize, &classes)?
+                .with_ceiling(cfg.shm.max_bytes.0);
         let region = Arc::new(Region::create("highserve", &params)?);
+        let shown: Vec<String> = classes.iter().map(|c| format!("{} x {} KiB", c.count, c.size >> 10)).collect();
         tracing::info!(
-            "shared memory: {} MiB ({} slots, {} lanes of {} descriptors)",
+            "shared memory: {} MiB of address space, committed as used up to {} MiB (shm.max_bytes); slots {}; {} \
+             lanes of {} descriptors",
             region.len() >> 20,
-            region.layout().total_slots,
+            cfg.shm.max_bytes.0 >> 20,
+            shown.join(", "),
             region.layout().lanes,
             cfg.shm.lane_capacity
         );
@@ -129,7 +136,7 @@ impl Supervisor {
             gpus: (0..topology.gpus).map(|i| topology.gpu(i)).collect(),
             preprocs: (0..topology.preprocs).map(|i| topology.preproc(i)).collect(),
         };
-        let largest_slot = slot_classes(&cfg).iter().map(|c| c.size).max().unwrap_or(0);
+        let largest_slot = classes.iter().map(|c| c.size).max().unwrap_or(0);
         let models = crate::models::Manager::new(
             crate::models::Disk(cfg.models.repository.clone()),
             cfg.models.control_mode,
@@ -328,11 +335,22 @@ impl Supervisor {
         let polling = self.cfg.models.control_mode == crate::models::Mode::Poll;
         let mut poll = tokio::time::interval(Duration::from_secs(self.cfg.models.repository_poll_secs.max(1)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Idle slots return their pages to the kernel: checked every tenth
+        // of the idle time (at most once a minute).
+        let idle = Duration::from_secs(self.cfg.shm.release_idle_secs);
+        let mut release = tokio::time::interval((idle / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+        release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {
             tokio::select! {
                 _ = term.recv() => break 0,
                 _ = int.recv() => break 0,
                 _ = checks.tick() => self.check_health(watchdog.is_some()),
+                _ = release.tick(), if !idle.is_zero() => {
+                    let bytes = SlotPool::new(self.region.clone()).release_idle(idle);
+                    if bytes > 0 {
+                        tracing::debug!("returned {} KiB of idle slots' pages to the kernel", bytes >> 10);
+                    }
+                }
                 _ = poll.tick(), if polling => self.model_control(crate::models::Input::Poll).await,
                 ev = self.rx.recv() => match ev {
                     Some(ev) => if let Some(code) = self.handle(ev).await { break code },

@@ -19,8 +19,33 @@ pub(super) fn render(out: &mut Out, region: &Arc<Region>) {
     }
     out.family("highserve_shm_slots_in_use", "gauge", "Shared-memory data slots in use, by slot size in bytes");
     out.family("highserve_shm_slots", "gauge", "Shared-memory data slots, by slot size in bytes");
-    for (size, used, count) in SlotPool::new(region.clone()).occupancy() {
+    let pool = SlotPool::new(region.clone());
+    let mut used_bytes = 0u64;
+    for (size, used, count) in pool.occupancy() {
         out.sample("highserve_shm_slots_in_use", &format!("size=\"{size}\""), used);
         out.sample("highserve_shm_slots", &format!("size=\"{size}\""), count);
+        used_bytes += size as u64 * used as u64;
+    }
+    let m = pool.memory();
+    let families: [(&str, &str, &str, u64); 5] = [
+        ("highserve_shm_used_bytes", "gauge", "Bytes of the shared-memory slots held by requests now", used_bytes),
+        (
+            "highserve_shm_committed_bytes",
+            "gauge",
+            "Bytes of the shared-memory slots whose pages hold memory (used once and not released)",
+            m.committed,
+        ),
+        ("highserve_shm_ceiling_bytes", "gauge", "shm.max_bytes: the most the slots may commit (0: none)", m.ceiling),
+        ("highserve_shm_slot_bytes", "gauge", "Bytes of all shared-memory slots (address space, not memory)", m.slots),
+        (
+            "highserve_shm_released_bytes_total",
+            "counter",
+            "Bytes of idle slots' pages returned to the kernel (shm.release_idle_secs)",
+            m.released,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        out.sample(name, "", value);
     }
 }

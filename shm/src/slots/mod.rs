@@ -23,8 +23,6 @@ use crate::{ProcId, Region, ShmError};
 #[derive(Clone)]
 pub struct SlotPool {
     region: Arc<Region>,
-    /// Per class, where the next scan starts (process-local, a hint only).
-    hints: Arc<[AtomicU32]>,
 }
 
 /// A slot this process owns. Dropping it frees the slot; [`Slot::send_to`]
@@ -36,15 +34,36 @@ pub struct Slot {
     data_off: usize,
 }
 
+/// The pool's memory, as the metrics show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolMemory {
+    /// Bytes of all slots (address space, not memory).
+    pub slots: u64,
+    /// Bytes of the slots whose pages hold memory.
+    pub committed: u64,
+    /// `shm.max_bytes`; 0 for none.
+    pub ceiling: u64,
+    /// Bytes returned to the kernel so far ([`SlotPool::release_idle`]).
+    pub released: u64,
+}
+
 fn code(p: ProcId) -> u32 {
     p.0 as u32 + 1
 }
 
+/// The owner code of a slot whose pages are being returned to the kernel
+/// (no process has it; nobody may take it meanwhile).
+const RELEASING: u32 = u32::MAX;
+
+/// Seconds of the monotonic clock (shared by every process), plus one so
+/// that 0 can mean "never used": a slot's commit stamp.
+fn stamp_now() -> u32 {
+    (crate::now_ns() / 1_000_000_000) as u32 + 1
+}
+
 impl SlotPool {
     pub fn new(region: Arc<Region>) -> SlotPool {
-        let classes = region.layout().params.classes as usize;
-        let hints = (0..classes).map(|_| AtomicU32::new(0)).collect();
-        SlotPool { region, hints }
+        SlotPool { region }
     }
 
     pub fn region(&self) -> &Arc<Region> {
@@ -65,35 +84,118 @@ impl SlotPool {
         p.class_sizes[p.classes as usize - 1] as usize
     }
 
+    /// 0 for a slot whose pages hold no memory (never used, or released);
+    /// else [`stamp_now`] of its last allocation.
+    fn stamp_word(&self, index: u32) -> &AtomicU32 {
+        self.region.atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META + 4)
+    }
+
     /// Takes a free slot of at least `min_len` bytes for `owner`, trying the
     /// smallest class that fits first and spilling into larger ones.
+    ///
+    /// Within a class the lowest free slot is taken, so the slots in use
+    /// stay the ones used before, whose pages are committed: memory grows
+    /// to the peak number of slots held at once, not to the pool, and
+    /// after warm-up no allocation touches a new page. A slot never used
+    /// commits its pages now, unless that would cross the pool's ceiling
+    /// (`max_committed`): then only slots already committed are taken, and
+    /// none free is [`ShmError::Ceiling`].
     pub fn alloc(&self, min_len: usize, owner: ProcId, request_id: u64) -> Result<Slot, ShmError> {
         let layout = self.region.layout();
+        let mut capped = false;
         for (class, &(first, _)) in layout.class_starts.iter().enumerate() {
             let size = layout.params.class_sizes[class] as usize;
             if size < min_len {
                 continue;
             }
-            let count = layout.params.class_counts[class];
-            let start = self.hints[class].load(Ordering::Relaxed) % count;
-            for k in 0..count {
-                let i = (start + k) % count;
-                let index = first + i;
+            for index in first..first + layout.params.class_counts[class] {
                 let word = self.owner_word(index);
                 // Relaxed pre-check avoids a CAS (and cache-line steal) on busy slots.
                 if word.load(Ordering::Relaxed) != 0 {
                     continue;
                 }
+                let stamp = self.stamp_word(index);
+                let fresh = stamp.load(Ordering::Relaxed) == 0;
+                if fresh && capped {
+                    continue;
+                }
                 // Acquire: the previous owner's accesses happen before ours (it freed
                 // with a Release store).
-                if word.compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    self.hints[class].store(i + 1, Ordering::Relaxed);
-                    self.request_word(index).store(request_id, Ordering::Relaxed);
-                    return Ok(self.slot(index));
+                if word.compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed).is_err() {
+                    continue;
                 }
+                if fresh && !self.commit(size as u64) {
+                    word.store(0, Ordering::Release);
+                    capped = true;
+                    continue;
+                }
+                stamp.store(stamp_now(), Ordering::Relaxed);
+                self.request_word(index).store(request_id, Ordering::Relaxed);
+                return Ok(self.slot(index));
             }
         }
+        if capped {
+            let m = self.memory();
+            return Err(ShmError::Ceiling { wanted: min_len, committed: m.committed, ceiling: m.ceiling });
+        }
         Err(ShmError::NoSlot { wanted: min_len, largest: self.largest() })
+    }
+
+    /// Counts `size` more bytes committed, if the ceiling allows.
+    fn commit(&self, size: u64) -> bool {
+        let ceiling = self.region.layout().params.max_committed;
+        let (committed, _) = self.region.pool_counters();
+        committed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (ceiling == 0 || n + size <= ceiling).then_some(n + size)
+            })
+            .is_ok()
+    }
+
+    /// Returns the pages of every free slot not allocated for `idle` to the
+    /// kernel, and the bytes returned. For the supervisor, now and then: a
+    /// burst's slots do not hold memory for ever. A slot released costs its
+    /// next user the first-touch faults again.
+    pub fn release_idle(&self, idle: std::time::Duration) -> u64 {
+        let now = stamp_now();
+        let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
+        let (committed, released) = self.region.pool_counters();
+        let mut total = 0;
+        for index in 0..self.region.layout().total_slots {
+            let stamp = self.stamp_word(index);
+            let at = stamp.load(Ordering::Relaxed);
+            if at == 0 || now.saturating_sub(at) < idle {
+                continue;
+            }
+            let word = self.owner_word(index);
+            if word.compare_exchange(0, RELEASING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            let (_, size, data_off) = self.region.layout().slot(index).expect("index in range; this is a bug");
+            match self.region.discard(data_off, size) {
+                Ok(()) => {
+                    stamp.store(0, Ordering::Relaxed);
+                    committed.fetch_sub(size as u64, Ordering::Relaxed);
+                    released.fetch_add(size as u64, Ordering::Relaxed);
+                    total += size as u64;
+                }
+                Err(e) => tracing::warn!("returning slot {index}'s pages to the kernel failed: {e}"),
+            }
+            word.store(0, Ordering::Release);
+        }
+        total
+    }
+
+    /// The pool's memory now.
+    pub fn memory(&self) -> PoolMemory {
+        let (committed, released) = self.region.pool_counters();
+        let params = &self.region.layout().params;
+        PoolMemory {
+            slots: params.slot_bytes(),
+            committed: committed.load(Ordering::Relaxed),
+            ceiling: params.max_committed,
+            released: released.load(Ordering::Relaxed),
+        }
     }
 
     fn slot(&self, index: u32) -> Slot {
@@ -331,95 +433,4 @@ impl std::fmt::Debug for Slot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{Descriptor, LayoutParams, SlotClass, Topology};
-
-    fn pool() -> SlotPool {
-        let p = LayoutParams::new(
-            Topology { gpus: 1, preprocs: 1 },
-            1,
-            4,
-            &[SlotClass { size: 4096, count: 2 }, SlotClass { size: 16384, count: 1 }],
-        )
-        .unwrap();
-        SlotPool::new(Arc::new(Region::heap(&p).unwrap()))
-    }
-
-    #[test]
-    fn smallest_fitting_class_then_spill_then_exhaustion() {
-        let pool = pool();
-        let me = ProcId(0);
-        let a = pool.alloc(100, me, 1).unwrap();
-        let b = pool.alloc(4096, me, 2).unwrap();
-        assert_eq!((a.capacity(), b.capacity()), (4096, 4096));
-        let c = pool.alloc(1, me, 3).unwrap();
-        assert_eq!(c.capacity(), 16384, "spills into the larger class");
-        assert!(matches!(pool.alloc(1, me, 4), Err(ShmError::NoSlot { .. })));
-        assert!(matches!(pool.alloc(20000, me, 4), Err(ShmError::NoSlot { largest: 16384, .. })));
-        drop(a);
-        assert_eq!(pool.alloc(10, me, 5).unwrap().capacity(), 4096, "freed slot is reused");
-        drop((b, c));
-    }
-
-    #[test]
-    fn send_adopt_and_reject_foreign_descriptors() {
-        let pool = pool();
-        let (a, b) = (ProcId(0), ProcId(1));
-        let mut s = pool.alloc(10, a, 42).unwrap();
-        s.as_mut_slice()[..3].copy_from_slice(b"abc");
-        let idx = s.send_to(b);
-        let d = |slot, offset, len| Descriptor { request_id: 42, slot, offset, len, ..Default::default() };
-        assert!(pool.adopt(a, a, &d(idx, 0, 3)).is_err(), "the sender no longer owns it");
-        assert!(pool.adopt(a, b, &d(999, 0, 1)).is_err(), "no such slot");
-        let stale = Descriptor { request_id: 41, ..d(idx, 0, 3) };
-        assert!(pool.adopt(a, b, &stale).is_err(), "a descriptor of another request");
-        let got = pool.adopt(a, b, &d(idx, 0, 3)).unwrap();
-        assert_eq!(got.bytes(0, 3).unwrap(), b"abc");
-        assert!(got.bytes(4095, 2).is_err());
-        let idx = got.send_to(b);
-        // A descriptor whose range is wrong frees the slot: it is ours and useless.
-        assert!(pool.adopt(a, b, &d(idx, 4090, 100)).is_err(), "range beyond the slot");
-        assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
-    }
-
-    #[test]
-    fn reclaim_frees_a_dead_owners_slots_and_names_their_requests() {
-        let pool = pool();
-        let (a, dead) = (ProcId(0), ProcId(1));
-        let s1 = pool.alloc(10, a, 7).unwrap().send_to(dead);
-        let s2 = pool.alloc(10, a, 7).unwrap().send_to(dead);
-        let keep = pool.alloc(10, a, 9).unwrap();
-        assert_ne!(s1, s2);
-        assert_eq!(pool.reclaim(dead), vec![7]);
-        assert_eq!(pool.occupancy()[0].1, 0, "both small slots are free again; `keep` took the large one");
-        drop(keep);
-        assert!(pool.occupancy().iter().all(|&(_, used, _)| used == 0));
-    }
-
-    #[test]
-    fn a_lent_slot_is_read_not_owned_and_outlives_its_reader() {
-        let pool = pool();
-        let (frontend, worker) = (ProcId::FRONTEND, ProcId(1));
-        let mut slot = pool.alloc(100, frontend, 7).unwrap();
-        slot.as_mut_slice()[..3].copy_from_slice(b"abc");
-        let d = Descriptor {
-            request_id: 7,
-            slot: slot.index(),
-            len: 3,
-            flags: crate::desc::FLAG_LENT,
-            ..Default::default()
-        };
-        let held = pool.take(frontend, worker, &d).unwrap();
-        assert!(matches!(held, Held::Lent(_)));
-        assert_eq!(held.bytes(0, 3).unwrap(), b"abc");
-        assert!(held.bytes(4090, 10).is_err(), "the slot's bounds hold for a loan too");
-        drop(held);
-        assert_eq!(pool.reclaim(worker), Vec::<u64>::new(), "a dead reader frees nothing it was lent");
-        // A loan for another request, or of a slot its owner no longer has,
-        // is refused.
-        assert!(pool.borrow(frontend, frontend, &Descriptor { request_id: 8, ..d }).is_err());
-        drop(slot);
-        assert!(pool.borrow(frontend, frontend, &d).is_err());
-    }
-}
+mod tests;
