@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
@@ -51,9 +52,12 @@ impl Daemon {
         let run_dir = dir.path().join("run");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_highserve"));
         cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--config"])
-            .arg(config)
-            .args(["--port", "0", "--grpc-port", "0", "--preproc-workers", "2", "--run-dir"])
+        cmd.args(["serve", "--config"]).arg(config).args(["--port", "0"]);
+        // Off (0) unless the test asks for it: see `free_port`.
+        if !extra.contains(&"--grpc-port") {
+            cmd.args(["--grpc-port", "0"]);
+        }
+        cmd.args(["--preproc-workers", "2", "--run-dir"])
             .arg(&run_dir)
             .args(extra)
             .env_remove("HIGHSERVE_PORT")
@@ -74,6 +78,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         };
         Daemon { child, addr, dir, log }
+    }
+
+    /// The gRPC listener's address (`host:port`), which the supervisor
+    /// writes to `<run-dir>/grpc` before `ready`.
+    pub fn grpc_addr(&self) -> String {
+        let path = self.dir.path().join("run/grpc");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; is gRPC on (--grpc-port)?\n{}", path.display(), self.log()));
+        text.trim().to_string()
     }
 
     pub fn log(&self) -> String {
@@ -118,6 +131,22 @@ impl Drop for Daemon {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
+        }
+    }
+}
+
+/// A free TCP port for a listener whose port 0 means "off" (the daemon's
+/// `--grpc-port`): probed by binding it, below the kernel's ephemeral range,
+/// where other tests' port-0 listeners are never placed, and different per
+/// process and call so that tests running side by side do not pick the same.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the JSON values HTTP's requests carry, so `crate::v2` reads both
 //! protocols' parameters with one set of rules and messages.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -19,13 +20,15 @@ use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::core::Answer;
 use crate::error::ApiError;
-use crate::v2::{self, InferRequest, InputData, InputTensor, ShmRef, V2Error};
+use crate::v2::{self, InferRequest, InputData, InputTensor, Selected, ShmRef, V2Error};
 
 /// The v2 request `msg` stands for. Data checks that need the model
-/// (datatypes, shapes, byte counts) are `v2::validate`'s, in the core.
+/// (datatypes, shapes, byte counts) are `v2::validate`'s, in the core. The
+/// request's `id` is not read: the adapter keeps it to echo it in the
+/// response, whatever form the answer takes.
 pub fn infer_request(msg: ModelInferRequest) -> Result<InferRequest, V2Error> {
-    let ModelInferRequest { id, parameters, inputs, outputs, raw_input_contents, .. } = msg;
-    let mut req = InferRequest { id: (!id.is_empty()).then_some(id), ..InferRequest::default() };
+    let ModelInferRequest { parameters, inputs, outputs, raw_input_contents, .. } = msg;
+    let mut req = InferRequest::default();
     v2::request_parameters(&mut req, json_parameters(parameters))?;
     if inputs.is_empty() {
         return Err(V2Error::Request("the request has no inputs; `inputs` must list at least one tensor".into()));
@@ -71,9 +74,7 @@ fn input_tensor(
         V2Error::Request(format!("input `{name}` has datatype `{datatype}`; accepted: {}", all.join(", ")))
     })?;
     let Some(count) = element_count(&shape) else {
-        return Err(V2Error::Request(format!(
-            "input `{name}` has shape {shape:?}; dimensions must be integers ≥ 0"
-        )));
+        return Err(V2Error::Request(format!("input `{name}` has shape {shape:?}; dimensions must be integers ≥ 0")));
     };
     let what = format!("input `{name}`");
     let region = ShmRef::from_parameters(&what, Some(&json_parameters(parameters)))?;
@@ -233,7 +234,9 @@ fn json_parameters(params: HashMap<String, InferParameter>) -> Map<String, Value
                 Some(ParameterChoice::BoolParam(b)) => Value::Bool(b),
                 Some(ParameterChoice::Int64Param(n)) => n.into(),
                 Some(ParameterChoice::Uint64Param(n)) => n.into(),
-                Some(ParameterChoice::DoubleParam(x)) => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
+                Some(ParameterChoice::DoubleParam(x)) => {
+                    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+                }
                 Some(ParameterChoice::StringParam(s)) => Value::String(s),
                 None => Value::Null,
             };
@@ -242,39 +245,42 @@ fn json_parameters(params: HashMap<String, InferParameter>) -> Map<String, Value
         .collect()
 }
 
-/// The response to a request the core answered, as Triton sends it: each
-/// output's data in `raw_output_contents` at its index in `outputs` (empty
-/// for an output written to a client's region). An answer post-processed
-/// into JSON becomes one BYTES output `json` of shape [1] holding the text.
-pub fn infer_response(model: &Model, answer: Answer) -> Result<ModelInferResponse, ApiError> {
+/// The response to a request the core answered, `id` the request's, as
+/// Triton sends it: each output's data in `raw_output_contents` at its index
+/// in `outputs` (empty for an output written to a client's region). An
+/// answer post-processed into JSON becomes one BYTES output `json` of shape
+/// [1] holding the text.
+pub fn infer_response(model: &Model, answer: Answer, id: String) -> Result<ModelInferResponse, ApiError> {
     let outputs = match answer {
         Answer::Json(text) => {
             let mut data = Vec::with_capacity(4 + text.len());
             data.extend_from_slice(&(text.len() as u32).to_le_bytes());
             data.extend_from_slice(&text);
-            return Ok(ModelInferResponse {
-                model_name: model.name.clone(),
-                model_version: model.latest().to_string(),
-                outputs: vec![InferOutputTensor {
-                    name: "json".into(),
-                    datatype: DType::Bytes.name().into(),
-                    shape: vec![1],
-                    ..Default::default()
-                }],
-                raw_output_contents: vec![data.into()],
-                ..Default::default()
-            });
+            let json = Selected {
+                name: "json",
+                datatype: DType::Bytes,
+                shape: vec![1],
+                data: Cow::Owned(data),
+                binary: true,
+                region: None,
+            };
+            return Ok(response(&model.name, model.latest(), id, vec![json]));
         }
         Answer::Tensors(outputs) => outputs,
     };
     let tensors = outputs.tensors(model)?;
     let req = &outputs.request;
-    let resp = v2::InferResponse { model, version: model.latest(), id: req.id.as_deref(), outputs: &tensors };
-    let selected = v2::select_outputs(&resp, req)?;
+    let resp = v2::InferResponse { model, version: model.latest(), id: None, outputs: &tensors };
+    Ok(response(&model.name, model.latest(), id, v2::select_outputs(&resp, req)?))
+}
+
+/// The message carrying `selected`, in their order: version `version` of
+/// model `name` answering request `id`.
+pub(super) fn response(name: &str, version: u64, id: String, selected: Vec<Selected<'_>>) -> ModelInferResponse {
     let mut out = ModelInferResponse {
-        model_name: model.name.clone(),
-        model_version: model.latest().to_string(),
-        id: req.id.clone().unwrap_or_default(),
+        model_name: name.to_string(),
+        model_version: version.to_string(),
+        id,
         outputs: Vec::with_capacity(selected.len()),
         raw_output_contents: Vec::with_capacity(selected.len()),
         ..Default::default()
@@ -286,8 +292,15 @@ pub fn infer_response(model: &Model, answer: Answer) -> Result<ModelInferRespons
             shape: s.shape,
             ..Default::default()
         });
-        // The copy out of the slot, which is freed when this returns.
-        out.raw_output_contents.push(if s.region.is_some() { Bytes::new() } else { Bytes::copy_from_slice(&s.data) });
+        // An entry for every output, so that indexes match `outputs` (as
+        // Triton, and tritonclient's `as_numpy` relies on it). The copy out
+        // of the slot, which is freed when the response is made; an owned
+        // buffer (classification, JSON) is moved, not copied.
+        out.raw_output_contents.push(match (s.region, s.data) {
+            (Some(_), _) => Bytes::new(),
+            (None, Cow::Borrowed(data)) => Bytes::copy_from_slice(data),
+            (None, Cow::Owned(data)) => Bytes::from(data),
+        });
     }
-    Ok(out)
+    out
 }

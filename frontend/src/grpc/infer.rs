@@ -32,9 +32,11 @@ const STREAM_BUFFER: usize = 32;
 /// Runs one request; `budget`: the time left before the RPC's deadline.
 pub async fn infer(
     state: &State,
-    msg: ModelInferRequest,
+    mut msg: ModelInferRequest,
     budget: Option<Duration>,
 ) -> Result<ModelInferResponse, ApiError> {
+    // Kept aside (not copied) to be echoed in the response.
+    let id = std::mem::take(&mut msg.id);
     let version = (!msg.model_version.is_empty()).then_some(msg.model_version.as_str());
     // Counted in flight on its entry until its response is made.
     let serving = state.tables.serve(&msg.model_name, version)?;
@@ -53,13 +55,15 @@ pub async fn infer(
         r
     });
     let parsed = Parsed { serving: &serving, request, len };
-    core::infer_parsed(state, parsed, |answer| convert::infer_response(model, answer)).await
+    core::infer_parsed(state, parsed, |answer| convert::infer_response(model, answer, id)).await
 }
 
 /// The stream's requests run side by side; each answer goes out as soon
 /// as it is ready, whatever the order they came in, carrying its request's
-/// id. A failed request is answered with `error_message` (and its model
-/// and id in `infer_response`); the stream goes on.
+/// id. A failed request is answered with `error_message` (prefixed with
+/// `[request id: <id>] ` as Triton does, since tritonclient hands the
+/// callback the message only) and its model and id in `infer_response`;
+/// the stream goes on.
 pub fn stream(state: Arc<State>, inbound: Streaming<ModelInferRequest>, budget: Option<Duration>) -> Answers {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let deadline = budget.map(|b| Instant::now() + b);
@@ -130,7 +134,13 @@ async fn answer(state: &State, msg: ModelInferRequest, budget: Option<Duration>)
     };
     match infer(state, msg, budget).await {
         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
-        Err(e) => ModelStreamInferResponse { error_message: e.message().to_string(), infer_response: Some(who) },
+        Err(e) => {
+            let error_message = match who.id.as_str() {
+                "" => e.message().to_string(),
+                id => format!("[request id: {id}] {}", e.message()),
+            };
+            ModelStreamInferResponse { error_message, infer_response: Some(who) }
+        }
     }
 }
 

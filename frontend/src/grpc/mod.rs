@@ -23,6 +23,10 @@ use tokio::sync::watch;
 
 use crate::state::State;
 
+/// The tonic the service is built with, for clients of [`proto`] (tests,
+/// tools): the generated client only works with this version's types.
+pub use tonic;
+
 /// The messages and the service's client and server, generated from
 /// `proto/` by `build.rs`. Public so that tests and tools can drive the
 /// service with the same definitions.

@@ -13,6 +13,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::repository::{self, Order};
 use super::{config, infer, stats, status};
+use crate::client_shm;
 use crate::error::ApiError;
 use crate::state::State;
 use crate::table;
@@ -188,15 +189,12 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(CudaSharedMemoryStatusResponse { regions: HashMap::new() }))
     }
 
+    /// Refused with HTTP's message: no client memory on a GPU is taken.
     async fn cuda_shared_memory_register(
         &self,
         r: Request<CudaSharedMemoryRegisterRequest>,
     ) -> Answer<CudaSharedMemoryRegisterResponse> {
-        Err(Status::unavailable(format!(
-            "cannot register CUDA shared-memory region `{}`: highserve takes no CUDA IPC regions; register a system \
-             shared-memory region (SystemSharedMemoryRegister) instead",
-            r.into_inner().name
-        )))
+        Err(fail("CudaSharedMemoryRegister", client_shm::cuda_unsupported(&r.into_inner().name)))
     }
 
     /// Nothing to unregister: as Triton answers an unknown region.

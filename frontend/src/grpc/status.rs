@@ -61,9 +61,15 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.metadata().get("retry-after").unwrap(), "1");
         let s = status(&ApiError::WouldMissDeadline { message: "late".into(), retry_after_s: 3 });
-        assert_eq!((s.code(), s.metadata().get("retry-after").unwrap().to_str().unwrap()), (Code::ResourceExhausted, "3"));
+        assert_eq!(
+            (s.code(), s.metadata().get("retry-after").unwrap().to_str().unwrap()),
+            (Code::ResourceExhausted, "3")
+        );
         let s = status(&ApiError::Unauthorized("token".into()));
-        assert_eq!((s.code(), s.metadata().get("www-authenticate").unwrap().to_str().unwrap()), (Code::Unauthenticated, "Bearer"));
+        assert_eq!(
+            (s.code(), s.metadata().get("www-authenticate").unwrap().to_str().unwrap()),
+            (Code::Unauthenticated, "Bearer")
+        );
         assert_eq!(code(&ApiError::NotFound(String::new())), Code::NotFound);
         assert_eq!(code(&ApiError::Forbidden(String::new())), Code::PermissionDenied);
         assert_eq!(code(&ApiError::Timeout(String::new())), Code::DeadlineExceeded);
