@@ -95,6 +95,7 @@ impl ApiError {
             shm::Status::InvalidInput => ApiError::BadRequest(message),
             shm::Status::Timeout => ApiError::Timeout(message),
             shm::Status::Unavailable => ApiError::Unavailable(message),
+            shm::Status::PoolFull => ApiError::TooManyRequests(message),
             shm::Status::Ok | shm::Status::Backend | shm::Status::Internal => ApiError::Internal(message),
         }
     }

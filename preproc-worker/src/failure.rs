@@ -34,13 +34,9 @@ impl Failure {
 
 impl From<ShmError> for Failure {
     fn from(e: ShmError) -> Failure {
-        let status = if matches!(e, ShmError::NoSlot { .. } | ShmError::Full { .. }) {
-            Status::Unavailable
-        } else {
-            Status::Internal
-        };
+        let status = e.status();
         // NoSlot for more than the largest slot can never succeed: not worth waiting for.
-        let no_slot = matches!(e, ShmError::NoSlot { wanted, largest } if wanted <= largest);
+        let no_slot = e.may_free();
         Failure { status, message: e.to_string(), no_slot, no_worker: false }
     }
 }

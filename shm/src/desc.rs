@@ -69,6 +69,8 @@ pub enum Status {
     Backend = 4,
     /// Anything else: 500.
     Internal = 5,
+    /// The slot pool is at its ceiling (`shm.max_bytes`): 429, retry.
+    PoolFull = 6,
 }
 
 impl Status {
@@ -79,6 +81,7 @@ impl Status {
             2 => Status::Timeout,
             3 => Status::Unavailable,
             4 => Status::Backend,
+            6 => Status::PoolFull,
             _ => Status::Internal,
         }
     }

@@ -34,3 +34,25 @@ pub enum ShmError {
     #[error("peer {0:?} is gone")]
     PeerGone(ProcId),
 }
+
+impl ShmError {
+    /// The status a request failed by this error is answered with.
+    pub fn status(&self) -> crate::Status {
+        match self {
+            ShmError::NoSlot { .. } | ShmError::Full { .. } => crate::Status::Unavailable,
+            ShmError::Ceiling { .. } => crate::Status::PoolFull,
+            _ => crate::Status::Internal,
+        }
+    }
+
+    /// No slot is free now but one may be later (busy slots, or the ceiling
+    /// with committed slots busy): worth waiting for, unlike a request
+    /// larger than any slot.
+    pub fn may_free(&self) -> bool {
+        match self {
+            ShmError::NoSlot { wanted, largest } => wanted <= largest,
+            ShmError::Ceiling { .. } => true,
+            _ => false,
+        }
+    }
+}

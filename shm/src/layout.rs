@@ -18,9 +18,9 @@ pub const PROC_ENTRY: usize = 64;
 pub const SLOT_META: usize = 16;
 /// Bytes reserved for the region header.
 pub const HEADER_LEN: usize = 4096;
-/// Where in the header the pool's counters sit: bytes committed now, and
-/// bytes returned to the kernel so far (two `u64`s, after the header's
-/// fixed part).
+/// Where in the header the pool's counters sit: bytes committed now, held
+/// now, and returned to the kernel so far (three `u64`s, after the
+/// header's fixed part).
 pub const POOL_COUNTERS: usize = 2048;
 
 /// How many processes of each kind share the region.

@@ -28,7 +28,7 @@ struct Header {
     params: LayoutParams,
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() <= POOL_COUNTERS && POOL_COUNTERS + 16 <= HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<Header>() <= POOL_COUNTERS && POOL_COUNTERS + 24 <= HEADER_LEN);
 
 /// A process's entry in the region's process table: its wake flag and the
 /// lifecycle state the supervisor publishes for the others to read.
@@ -68,6 +68,14 @@ impl ProcState {
             _ => ProcState::Starting,
         }
     }
+}
+
+/// The slot pool's counters in the header (relaxed: for accounting and
+/// admission, not for ordering).
+pub(crate) struct PoolCounters<'a> {
+    pub committed: &'a AtomicU64,
+    pub used: &'a AtomicU64,
+    pub released: &'a AtomicU64,
 }
 
 enum Mapping {
@@ -181,9 +189,14 @@ impl Region {
         }
     }
 
-    /// Bytes of slots committed now, and returned to the kernel so far.
-    pub(crate) fn pool_counters(&self) -> (&AtomicU64, &AtomicU64) {
-        (self.atomic_u64(POOL_COUNTERS), self.atomic_u64(POOL_COUNTERS + 8))
+    /// The pool's counters: bytes of slots committed now, held now, and
+    /// returned to the kernel so far.
+    pub(crate) fn pool_counters(&self) -> PoolCounters<'_> {
+        PoolCounters {
+            committed: self.atomic_u64(POOL_COUNTERS),
+            used: self.atomic_u64(POOL_COUNTERS + 8),
+            released: self.atomic_u64(POOL_COUNTERS + 16),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -23,7 +23,10 @@ pub(super) fn initial(cfg: &Config) -> anyhow::Result<Repository> {
         (Mode::Explicit, names) if names.iter().any(|n| n == "*") => Repository::load(root, None)?,
         (Mode::Explicit, names) => Repository::load(root, Some(names))?,
         (Mode::Poll, _) => Repository::load(root, None)?,
-        (Mode::None, load) => Repository::load(root, (!load.is_empty()).then_some(load))?,
+        (Mode::None, _) => {
+            let load = cfg.models.load.as_slice();
+            Repository::load(root, (!load.is_empty()).then_some(load))?
+        }
     };
     if repository.models.len() > cfg.models.max_models as usize {
         bail!(

@@ -78,6 +78,22 @@ impl Job {
                 "the request needs {len} bytes of shared memory; the largest slot holds {largest} (config: shm.slots)"
             )));
         }
+        // Admission under the pool's ceiling: a request is let in only while
+        // there is room for its slot and one more of its size (the tensor or
+        // answer a worker makes for it), so that it is refused here, with
+        // 429, rather than by a worker halfway.
+        if let Some(room) = pool.room()
+            && room < 2 * len as u64
+        {
+            let m = pool.memory();
+            return Err(ApiError::TooManyRequests(format!(
+                "the shared-memory pool is at its ceiling: requests in flight hold {} of its {} bytes and this one \
+                 needs {} more; retry, or raise shm.max_bytes",
+                m.used,
+                m.ceiling,
+                2 * len
+            )));
+        }
         Ok(pool.alloc(len, ProcId::FRONTEND, self.id)?)
     }
 

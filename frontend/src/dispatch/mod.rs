@@ -358,7 +358,12 @@ impl Dispatch {
                     .as_ref()
                     .and_then(|s| s.bytes(d.offset as usize, d.len as usize).ok())
                     .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_else(|| "the server is overloaded (no room to report the error)".into());
+                    .unwrap_or_else(|| match d.status() {
+                        Status::PoolFull => "the shared-memory pool is at its ceiling (no room to report more); \
+                                             retry, or raise shm.max_bytes"
+                            .into(),
+                        _ => "the server is overloaded (no room to report the error)".into(),
+                    });
                 let status = d.status();
                 Completion::Failed(ApiError::from_worker(
                     if status == Status::Ok { Status::Internal } else { status },

@@ -20,15 +20,13 @@ pub(super) fn render(out: &mut Out, region: &Arc<Region>) {
     out.family("highserve_shm_slots_in_use", "gauge", "Shared-memory data slots in use, by slot size in bytes");
     out.family("highserve_shm_slots", "gauge", "Shared-memory data slots, by slot size in bytes");
     let pool = SlotPool::new(region.clone());
-    let mut used_bytes = 0u64;
     for (size, used, count) in pool.occupancy() {
         out.sample("highserve_shm_slots_in_use", &format!("size=\"{size}\""), used);
         out.sample("highserve_shm_slots", &format!("size=\"{size}\""), count);
-        used_bytes += size as u64 * used as u64;
     }
     let m = pool.memory();
     let families: [(&str, &str, &str, u64); 5] = [
-        ("highserve_shm_used_bytes", "gauge", "Bytes of the shared-memory slots held by requests now", used_bytes),
+        ("highserve_shm_used_bytes", "gauge", "Bytes of the shared-memory slots held by requests now", m.used),
         (
             "highserve_shm_committed_bytes",
             "gauge",

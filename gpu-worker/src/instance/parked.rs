@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use shm::tensor::TensorSpec;
-use shm::{Descriptor, Peers, ShmError, Status};
+use shm::{Descriptor, Peers, Status};
 
 use super::outputs::send_outputs;
 
@@ -81,7 +81,7 @@ impl Parked {
             } else {
                 match peers.pool().alloc(p.need, peers.me(), p.desc.request_id) {
                     Ok(out) => send_outputs(peers, &p.desc, &p.specs, &p.data, out).map_err(|e| e.to_string()),
-                    Err(ShmError::NoSlot { .. }) => return, // still none: the oldest goes first
+                    Err(e) if e.may_free() => return, // still none: the oldest goes first
                     Err(e) => Err(e.to_string()),
                 }
             };

@@ -3,8 +3,8 @@
 //! (its own when large enough, else a new one) and sent; where no slot is
 //! free, the rows wait in [`Parked`].
 
+use shm::Peers;
 use shm::tensor::{self, TensorSpec};
-use shm::{Peers, ShmError, Status};
 
 use super::outputs::send_outputs;
 use super::parked::Parked;
@@ -56,7 +56,7 @@ pub fn scatter(peers: &Peers, parked: &mut Parked, batch: &mut Batch, outputs: &
             }
             match peers.pool().alloc(need, peers.me(), desc.request_id) {
                 Ok(out) => send_outputs(peers, &desc, &specs, &data, out),
-                Err(ShmError::NoSlot { wanted, largest }) if wanted <= largest && parked.has_room(need) => {
+                Err(e) if e.may_free() && parked.has_room(need) => {
                     parked.park(desc, need, specs, &data);
                     Ok(())
                 }
@@ -64,7 +64,7 @@ pub fn scatter(peers: &Peers, parked: &mut Parked, batch: &mut Batch, outputs: &
             }
         });
         if let Err(e) = result {
-            peers.fail(&desc, None, Status::Unavailable, &format!("cannot return the outputs: {e}"));
+            peers.fail(&desc, None, e.status(), &format!("cannot return the outputs: {e}"));
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct PoolMemory {
     pub slots: u64,
     /// Bytes of the slots whose pages hold memory.
     pub committed: u64,
+    /// Bytes of the slots held now.
+    pub used: u64,
     /// `shm.max_bytes`; 0 for none.
     pub ceiling: u64,
     /// Bytes returned to the kernel so far ([`SlotPool::release_idle`]).
@@ -131,6 +133,7 @@ impl SlotPool {
                 }
                 stamp.store(stamp_now(), Ordering::Relaxed);
                 self.request_word(index).store(request_id, Ordering::Relaxed);
+                self.region.pool_counters().used.fetch_add(size as u64, Ordering::Relaxed);
                 return Ok(self.slot(index));
             }
         }
@@ -144,8 +147,9 @@ impl SlotPool {
     /// Counts `size` more bytes committed, if the ceiling allows.
     fn commit(&self, size: u64) -> bool {
         let ceiling = self.region.layout().params.max_committed;
-        let (committed, _) = self.region.pool_counters();
-        committed
+        self.region
+            .pool_counters()
+            .committed
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (ceiling == 0 || n + size <= ceiling).then_some(n + size)
             })
@@ -159,7 +163,7 @@ impl SlotPool {
     pub fn release_idle(&self, idle: std::time::Duration) -> u64 {
         let now = stamp_now();
         let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
-        let (committed, released) = self.region.pool_counters();
+        let counters = self.region.pool_counters();
         let mut total = 0;
         for index in 0..self.region.layout().total_slots {
             let stamp = self.stamp_word(index);
@@ -175,8 +179,8 @@ impl SlotPool {
             match self.region.discard(data_off, size) {
                 Ok(()) => {
                     stamp.store(0, Ordering::Relaxed);
-                    committed.fetch_sub(size as u64, Ordering::Relaxed);
-                    released.fetch_add(size as u64, Ordering::Relaxed);
+                    counters.committed.fetch_sub(size as u64, Ordering::Relaxed);
+                    counters.released.fetch_add(size as u64, Ordering::Relaxed);
                     total += size as u64;
                 }
                 Err(e) => tracing::warn!("returning slot {index}'s pages to the kernel failed: {e}"),
@@ -188,14 +192,22 @@ impl SlotPool {
 
     /// The pool's memory now.
     pub fn memory(&self) -> PoolMemory {
-        let (committed, released) = self.region.pool_counters();
+        let counters = self.region.pool_counters();
         let params = &self.region.layout().params;
         PoolMemory {
             slots: params.slot_bytes(),
-            committed: committed.load(Ordering::Relaxed),
+            committed: counters.committed.load(Ordering::Relaxed),
+            used: counters.used.load(Ordering::Relaxed),
             ceiling: params.max_committed,
-            released: released.load(Ordering::Relaxed),
+            released: counters.released.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bytes that requests may still take under the ceiling: free slots
+    /// already committed plus the room left to commit (`None`: no ceiling).
+    pub fn room(&self) -> Option<u64> {
+        let ceiling = self.region.layout().params.max_committed;
+        (ceiling > 0).then(|| ceiling.saturating_sub(self.region.pool_counters().used.load(Ordering::Relaxed)))
     }
 
     fn slot(&self, index: u32) -> Slot {
@@ -272,6 +284,8 @@ impl SlotPool {
             let word = self.owner_word(index);
             if word.compare_exchange(code(dead), 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 ids.push(self.request_word(index).load(Ordering::Relaxed));
+                let (_, size, _) = self.region.layout().slot(index).expect("index in range; this is a bug");
+                self.region.pool_counters().used.fetch_sub(size as u64, Ordering::Relaxed);
             }
         }
         ids.sort_unstable();
@@ -348,6 +362,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let word = self.region.atomic_u32(self.region.layout().slot_meta_offset + self.index as usize * SLOT_META);
+        self.region.pool_counters().used.fetch_sub(self.size as u64, Ordering::Relaxed);
         // Release: our accesses to the bytes happen before the next owner's.
         word.store(0, Ordering::Release);
     }

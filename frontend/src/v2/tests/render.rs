@@ -261,7 +261,14 @@ fn metadata_has_what_tritonclient_returns() {
     assert_eq!(meta["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(
         meta["extensions"],
-        json!(["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository"])
+        json!([
+            "classification",
+            "binary_tensor_data",
+            "model_configuration",
+            "statistics",
+            "model_repository",
+            "system_shared_memory"
+        ])
     );
 
     // Every ready version of the model, as the table lists them.
