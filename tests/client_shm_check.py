@@ -77,8 +77,8 @@ def shm_infer(offset=64, byte_size=in_size, region=None, out_bytes=out_size):
 
 res = shm_infer()
 out = res.get_output(out_name)
-check("the response names the output's region, not its data",
-      out["parameters"]["shared_memory_region"] == f"{tag}_out" and "data" not in out, out)
+check("the response describes the output without its data (as Triton: no data, no parameters)",
+      out["shape"] == [2, 2] and "data" not in out and "parameters" not in out, out)
 got = shm.get_contents_as_numpy(oh, np.float32, [2, 2])
 check("inputs read from and outputs written into regions", np.allclose(got, want, atol=1e-5), (got, want))
 

@@ -67,8 +67,7 @@ async fn a_tensor_comes_from_a_region_and_goes_into_one() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"model_name": "add", "model_version": "1", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2],
-               "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 8}}]})
+        json!({"model_name": "add", "model_version": "1", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2]}]})
     );
     let y: Vec<u8> = x.iter().flat_map(|v| (v + 1.0).to_le_bytes()).collect();
     assert_eq!(obj.bytes(36, 8), y);

@@ -23,32 +23,19 @@ struct OutputHeader<'a> {
     datatype: &'static str,
     shape: &'a [i64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<OutputParameters<'a>>,
+    parameters: Option<BinaryParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<JsonData<'a>>,
 }
 
-/// An output's `parameters`: where its data is, when not inline.
 #[derive(Serialize)]
-#[serde(untagged)]
-enum OutputParameters<'a> {
-    Binary { binary_data_size: usize },
-    Region { shared_memory_region: &'a str, shared_memory_byte_size: usize },
-}
-
-fn parameters<'a>(s: &'a Selected<'_>) -> Option<OutputParameters<'a>> {
-    match s.region {
-        // As Triton: the region and how many bytes of it the output took.
-        Some(at) => {
-            Some(OutputParameters::Region { shared_memory_region: &at.region, shared_memory_byte_size: s.data.len() })
-        }
-        None => s.binary.then(|| OutputParameters::Binary { binary_data_size: s.data.len() }),
-    }
+struct BinaryParameters {
+    binary_data_size: usize,
 }
 
 /// Renders the response to `req`: the selected outputs ([`select_outputs`])
 /// as binary data after the JSON header or as inline JSON; an output written
-/// into a client's region as its region's name and size only.
+/// into a client's region by its name, datatype and shape only.
 pub fn render_infer(resp: &InferResponse<'_>, req: &InferRequest) -> Result<Rendered, V2Error> {
     let selected = select_outputs(resp, req)?;
     let header = Header {
@@ -61,7 +48,10 @@ pub fn render_infer(resp: &InferResponse<'_>, req: &InferRequest) -> Result<Rend
                 name: s.name,
                 datatype: s.datatype.name(),
                 shape: &s.shape,
-                parameters: parameters(s),
+                // An output written into a region has neither, as in
+                // Triton (whose clients read `parameters` as binary data).
+                parameters: (s.binary && s.region.is_none())
+                    .then(|| BinaryParameters { binary_data_size: s.data.len() }),
                 data: (!s.binary && s.region.is_none()).then(|| JsonData { dtype: s.datatype, data: &s.data }),
             })
             .collect(),
