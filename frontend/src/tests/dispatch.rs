@@ -2,6 +2,8 @@
 //! workers' lanes, threads standing in for the workers answer, the receive
 //! loop completes the waiting request and the router renders the answer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -178,14 +180,22 @@ async fn workers_that_cannot_come_back_fail_what_waits_for_them() {
 }
 
 /// Takes requests from `p`'s inbox without answering them (the worker dies
-/// with them), then answers the next `answer` with `add_one`.
-fn dying_worker(h: &Harness, p: ProcId, drop_first: usize, answer: usize) -> JoinHandle<Vec<Descriptor>> {
+/// with them), then answers the next `answer` with `add_one`. `received`
+/// counts the requests taken so far.
+fn dying_worker(
+    h: &Harness,
+    p: ProcId,
+    drop_first: usize,
+    answer: usize,
+    received: Arc<AtomicUsize>,
+) -> JoinHandle<Vec<Descriptor>> {
     let (mut inbox, peers) = h.worker(p);
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while seen.len() < drop_first + answer {
             let (from, d) = inbox.recv(Some(Duration::from_secs(10)), Duration::ZERO).expect("a request arrives");
             seen.push(d);
+            received.fetch_add(1, Ordering::Relaxed);
             if seen.len() > drop_first {
                 let lent = peers.pool().borrow(from, ProcId::FRONTEND, &d).unwrap();
                 let mut slot = peers.pool().alloc(lent.as_slice().len(), peers.me(), d.request_id).unwrap();
@@ -198,11 +208,24 @@ fn dying_worker(h: &Harness, p: ProcId, drop_first: usize, answer: usize) -> Joi
     })
 }
 
+/// Waits until the worker has taken `n` requests in all (a machine busy
+/// elsewhere may take a while to get there).
+async fn taken(received: &AtomicUsize, n: usize) {
+    for _ in 0..1000 {
+        if received.load(Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the worker took {} requests, not {n}", received.load(Ordering::Relaxed));
+}
+
 #[tokio::test]
 async fn a_request_lost_with_its_worker_is_sent_again_once() {
     let h = Harness::new(limits());
     let gpu = h.topology().gpu(0);
-    let worker = dying_worker(&h, gpu, 1, 1);
+    let received = Arc::new(AtomicUsize::new(0));
+    let worker = dying_worker(&h, gpu, 1, 1, received.clone());
     let state = h.state.clone();
     let call = tokio::spawn(async move {
         let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
@@ -210,7 +233,7 @@ async fn a_request_lost_with_its_worker_is_sent_again_once() {
         let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
         serde_json::from_slice::<serde_json::Value>(&body).unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    taken(&received, 1).await;
     h.state.dispatch.lost(gpu, &[], "the gpu0 worker crashed while handling this request");
     assert_eq!(call.await.unwrap()["outputs"][0]["data"], json!([2.0, 3.0]), "answered by the second sending");
     let seen = worker.join().unwrap();
@@ -218,14 +241,15 @@ async fn a_request_lost_with_its_worker_is_sent_again_once() {
     assert_eq!((seen[1].slot, seen[1].flags & FLAG_LENT), (seen[0].slot, FLAG_LENT), "the same loan, sent as it was");
 
     // Lost twice: it fails, saying why.
-    let worker = dying_worker(&h, gpu, 2, 0);
+    let received = Arc::new(AtomicUsize::new(0));
+    let worker = dying_worker(&h, gpu, 2, 0, received.clone());
     let state = h.state.clone();
     let call = tokio::spawn(async move {
         let req = http::Request::post("/v2/models/add/infer").body(http_body_util::Full::new(ADD_JSON.into())).unwrap();
         crate::http::router::route(&state, req).await.status()
     });
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in 1..=2 {
+        taken(&received, n).await;
         h.state.dispatch.lost(gpu, &[], "the gpu0 worker crashed while handling this request");
     }
     assert_eq!(call.await.unwrap(), 503);
