@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use model_repo::{DType, Model};
 use serde_json::{Map, Value};
-use shm::tensor::{bytes_elements, element_count};
+use shm::tensor::element_count;
 
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::InferInputTensor;
@@ -104,31 +104,12 @@ fn input_tensor(
                 ))
             })?;
             if dtype == DType::Bytes {
-                check_bytes(&name, &shape, count, &bytes)?;
+                v2::check_binary(&name, dtype, &shape, count, &bytes, "raw_input_contents entry")?;
             }
             InputData::Shared(bytes)
         }
     };
     Ok(InputTensor { name, datatype: dtype, shape, data })
-}
-
-/// A BYTES tensor's raw entry must hold its elements, each a u32 length
-/// then the bytes (fixed-size types are checked against the shape by
-/// `v2::validate`).
-fn check_bytes(name: &str, shape: &[i64], count: usize, data: &[u8]) -> Result<(), V2Error> {
-    let elements = bytes_elements(data).map_err(|e| {
-        V2Error::Request(format!(
-            "input `{name}` (BYTES {shape:?}): raw BYTES data must be a 4-byte little-endian length then the \
-             bytes, for each element; {e}"
-        ))
-    })?;
-    if elements.len() != count {
-        return Err(V2Error::Request(format!(
-            "input `{name}` (BYTES {shape:?}) needs {count} elements but its raw_input_contents entry holds {}",
-            elements.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Bytes the typed numeric and bool contents hold (BYTES elements: their

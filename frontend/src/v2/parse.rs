@@ -218,7 +218,7 @@ fn input_tensor(input: RawInput, range: Option<std::ops::Range<usize>>, body: &[
             InputData::Json(from_json(&name, datatype, &values)?)
         }
         (None, Some(range), None) => {
-            check_binary(&name, datatype, &shape, count, &body[range.clone()])?;
+            check_binary(&name, datatype, &shape, count, &body[range.clone()], "binary data")?;
             InputData::Binary(range)
         }
     };
@@ -236,20 +236,30 @@ fn check_len(what: &str, count: usize, size: usize, given: usize, key: &str) -> 
     Ok(())
 }
 
-fn check_binary(name: &str, dtype: DType, shape: &[i64], count: usize, data: &[u8]) -> Result<(), V2Error> {
+/// Checks that `data`, the bytes given for tensor `name` (HTTP's binary
+/// data, a gRPC `raw_input_contents` entry: `source` names which for the
+/// messages), holds `count` elements of `dtype`: their size, or for BYTES
+/// each element's 4-byte length then its bytes.
+pub fn check_binary(
+    name: &str,
+    dtype: DType,
+    shape: &[i64],
+    count: usize,
+    data: &[u8],
+    source: &str,
+) -> Result<(), V2Error> {
     let what = format!("input `{name}` ({dtype} {})", shape_str(shape));
     match dtype.size() {
         Some(size) => check_len(&what, count, size, data.len(), "binary_data_size")?,
         None => {
             let elements = bytes_elements(data).map_err(|e| {
                 V2Error::Request(format!(
-                    "{what}: binary BYTES data must be a 4-byte little-endian length then the bytes, \
-                     for each element; {e}"
+                    "{what}: BYTES data must be a 4-byte little-endian length then the bytes, for each element; {e}"
                 ))
             })?;
             if elements.len() != count {
                 return Err(V2Error::Request(format!(
-                    "{what} needs {count} elements but its binary data holds {}",
+                    "{what} needs {count} elements but its {source} holds {}",
                     elements.len()
                 )));
             }
