@@ -38,6 +38,12 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference");
 }
 
+/// Each stream's HTTP/2 receive window: a few large tensors' worth.
+const WINDOW: u32 = 4 << 20;
+/// The largest HTTP/2 frame the server accepts (the protocol's limit is
+/// 16 MiB − 1).
+const MAX_FRAME: u32 = 1 << 20;
+
 /// Serves gRPC on `listener` until `drain` carries a deadline, then stops
 /// accepting and lets RPCs in flight finish for up to that deadline (the
 /// HTTP listener drains alongside, by the same deadline).
@@ -53,7 +59,16 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, mut dra
     let stop = async move {
         let _ = stopping.wait_for(Option::is_some).await;
     };
-    let server = tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, stop);
+    let server = tonic::transport::Server::builder()
+        // HTTP/2's defaults (64 KiB windows, 16 KiB frames) make a client
+        // wait for window updates within one 110 KiB tensor and cut it in
+        // seven frames, each copied apart: a request's tensor fits one
+        // window and few frames instead.
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(4 * WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stop);
     tokio::pin!(server);
     let deadline = tokio::select! {
         result = &mut server => {
