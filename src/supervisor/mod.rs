@@ -79,16 +79,7 @@ impl Supervisor {
                 tracing::info!("{}: decode = \"gpu\" but the models run on the CPU: the preproc pool decodes", m.name);
             }
         }
-        // Under model control, any model of the repository may come later.
-        let later: Vec<_> = match cfg.models.control_mode {
-            crate::models::Mode::None => Vec::new(),
-            _ => {
-                use crate::models::Catalog;
-                let disk = crate::models::Disk(cfg.models.repository.clone());
-                let loaded = |n: &String| repository.models.iter().any(|m| &m.name == n);
-                disk.names().iter().filter(|n| !loaded(n)).filter_map(|n| disk.read(n, None).ok()).collect()
-            }
-        };
+        let later = models::later(&cfg, &repository);
         let classes = crate::config::slots::classes(&cfg, &repository.models, &later)?;
         let params =
             LayoutParams::new(topology, cfg.models.max_models as usize, cfg.shm.lane_capacity as usize, &classes)?

@@ -38,6 +38,18 @@ pub(super) fn initial(cfg: &Config) -> anyhow::Result<Repository> {
     Ok(repository)
 }
 
+/// The repository's models that may be loaded later, besides `loaded`:
+/// under model control, every other one whose config reads.
+pub(super) fn later(cfg: &Config, loaded: &Repository) -> Vec<model_repo::Model> {
+    use crate::models::Catalog;
+    if cfg.models.control_mode == Mode::None {
+        return Vec::new();
+    }
+    let disk = crate::models::Disk(cfg.models.repository.clone());
+    let is_loaded = |n: &String| loaded.models.iter().any(|m| &m.name == n);
+    disk.names().iter().filter(|n| !is_loaded(n)).filter_map(|n| disk.read(n, None).ok()).collect()
+}
+
 impl Supervisor {
     /// A message about the model table from child `proc`: a report, or (from
     /// the frontend) an operator's order.
