@@ -21,7 +21,7 @@ pub use config::{
     Preprocess, ResizeMode, TensorConfig, VersionPolicy,
 };
 pub use load::{Model, ModelState, Repository, catalog, valid_name};
-pub use memory::{SlotNeed, TABLE_ROOM};
+pub use memory::{DET_INPUT_PIXEL, SlotNeed, TABLE_ROOM};
 pub use pipeline::{OcrDecode, OcrDetPostprocess, OcrDetPreprocess, OcrOrient, Pipeline, Step};
 pub use shm::tensor::DType;
 

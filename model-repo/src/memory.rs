@@ -10,7 +10,7 @@ pub const TABLE_ROOM: usize = 4096;
 
 /// Bytes per pixel of the OCR detector's input (3 FP32 channels): the
 /// largest thing an OCR request holds in one slot.
-const DET_INPUT_PIXEL: usize = 12;
+pub const DET_INPUT_PIXEL: usize = 12;
 
 /// The largest slot one request needs, and what needs it (for messages).
 #[derive(Clone, Debug, PartialEq, Eq)]

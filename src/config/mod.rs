@@ -351,7 +351,7 @@ impl Config {
             }
         }
         let largest = self.shm.slots.iter().map(|s| s.size.0).max().unwrap_or(u64::MAX);
-        if largest < self.server.max_body_bytes.0 + 4096 {
+        if largest < self.server.max_body_bytes.0 + model_repo::TABLE_ROOM as u64 {
             bail!(
                 "the largest shm slot ({largest} bytes) must hold server.max_body_bytes ({}) plus 4096",
                 self.server.max_body_bytes.0

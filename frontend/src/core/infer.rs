@@ -52,7 +52,7 @@ pub async fn infer<S: BodySource, R>(
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
     let (serving, track) = (request.serving, state.metrics.track(request.serving.index()));
-    observed(serving, &track, answer(state, request, body, &track, respond)).await
+    observed(serving, track, async |track| answer(state, request, body, track, respond).await).await
 }
 
 /// Runs a request the adapter parsed itself, as [`infer`] runs one it reads.
@@ -62,22 +62,22 @@ pub async fn infer_parsed<R>(
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
     let (serving, track) = (parsed.serving, state.metrics.track(parsed.serving.index()));
-    observed(serving, &track, answer_parsed(state, parsed, &track, respond)).await
+    observed(serving, track, async |track| answer_parsed(state, parsed, track, respond).await).await
 }
 
 /// Runs `run` in the request's span, counts its outcome on `track` (its
 /// metrics) and logs it.
 async fn observed<R>(
     serving: &Serving<'_>,
-    track: &Track<'_>,
-    run: impl Future<Output = Result<R, ApiError>>,
+    track: Track<'_>,
+    run: impl AsyncFnOnce(&Track<'_>) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
     let model = serving.model();
     // `request_id` is filled in once the request has one; the workers log
     // under the same id.
     let span = tracing::debug_span!("infer", model = %model.name, request_id = tracing::field::Empty);
     let result = async {
-        let result = run.await;
+        let result = run(&track).await;
         match &result {
             Ok(_) => tracing::debug!(status = StatusCode::OK.as_u16(), "answered"),
             Err(e) if e.status().is_server_error() => tracing::warn!("failed: {}", e.message()),

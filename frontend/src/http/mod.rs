@@ -8,3 +8,13 @@ mod response;
 pub mod router;
 pub mod serve;
 mod shared_memory;
+
+use crate::body::{BodySource, Timed};
+use crate::error::ApiError;
+use crate::state::State;
+
+/// The whole of a small body (a repository order, a region to register),
+/// within the body limits.
+async fn small_body<B: BodySource>(state: &State, body: &mut B) -> Result<Vec<u8>, ApiError> {
+    Timed::new(body, state.limits.body_timeout).read_all(state.limits.max_body_bytes, None).await
+}

@@ -6,7 +6,7 @@
 use http::{Request, header};
 
 use super::response::{self, Resp};
-use crate::body::{BodySource, Timed};
+use crate::body::BodySource;
 use crate::control;
 use crate::error::ApiError;
 use crate::state::State;
@@ -17,14 +17,9 @@ pub enum Order {
     Unload,
 }
 
-/// The whole (small, optional) body of a repository request.
-async fn read<B: BodySource>(state: &State, body: &mut B) -> Result<Vec<u8>, ApiError> {
-    Timed::new(body, state.limits.body_timeout).read_all(state.limits.max_body_bytes, None).await
-}
-
 /// `POST /v2/repository/index`, its body optional (`{"ready": true}`).
 pub async fn index<B: BodySource>(state: &State, req: Request<B>) -> Result<Resp, ApiError> {
-    let body = read(state, &mut req.into_body()).await?;
+    let body = super::small_body(state, &mut req.into_body()).await?;
     Ok(response::json(control::index::render(&state.table(), state.dispatch.all_ready(), &body)?))
 }
 
@@ -35,7 +30,7 @@ pub async fn order<B: BodySource>(state: &State, name: &str, order: Order, req: 
     // A value that is not text is a token that does not match.
     let authorization = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
     state.orders.authorize(authorization)?;
-    let body = read(state, &mut body).await?;
+    let body = super::small_body(state, &mut body).await?;
     let op = match order {
         Order::Load => control::load(name, &body)?,
         Order::Unload => control::unload(name, &body)?,

@@ -8,7 +8,7 @@ use http::Request;
 use serde::Deserialize;
 
 use super::response::{self, Resp};
-use crate::body::{BodySource, Timed};
+use crate::body::BodySource;
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -32,8 +32,7 @@ struct Register {
 
 /// `POST /v2/systemsharedmemory/region/<name>/register`.
 pub async fn register<B: BodySource>(state: &State, name: &str, req: Request<B>) -> Result<Resp, ApiError> {
-    let body =
-        Timed::new(&mut req.into_body(), state.limits.body_timeout).read_all(state.limits.max_body_bytes, None).await?;
+    let body = super::small_body(state, &mut req.into_body()).await?;
     let r: Register = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "registering region `{name}`: the body is not what register takes ({e}); accepted: \

@@ -3,7 +3,7 @@
 //! path (relaxed atomics only) and read by the renderers beside this file.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -96,7 +96,7 @@ impl Metrics {
         let c = &self.models[model as usize];
         // Relaxed: independent counters read only for reporting.
         c.inflight.fetch_add(1, Ordering::Relaxed);
-        Track { counters: c, started: Instant::now(), finished: AtomicBool::new(false) }
+        Track { counters: c, started: Instant::now(), finished: false }
     }
 
     pub(super) fn model(&self, model: usize) -> &ModelCounters {
@@ -109,9 +109,7 @@ impl Metrics {
 pub struct Track<'a> {
     counters: &'a ModelCounters,
     started: Instant,
-    /// Set once by [`Track::finish`]; shared (`&Track`) by the request's
-    /// steps, which may run on any thread.
-    finished: AtomicBool,
+    finished: bool,
 }
 
 impl Track<'_> {
@@ -120,11 +118,8 @@ impl Track<'_> {
         self.counters.receive.observe(self.started.elapsed());
     }
 
-    /// Counts the request's outcome (once: later calls count nothing).
-    pub fn finish(&self, status: StatusCode) {
-        if self.finished.swap(true, Ordering::Relaxed) {
-            return;
-        }
+    pub fn finish(mut self, status: StatusCode) {
+        self.finished = true;
         let c = self.counters;
         let took = self.started.elapsed();
         if let Some(n) = c.codes.get((status.as_u16() as usize).wrapping_sub(100)) {
@@ -144,7 +139,7 @@ impl Drop for Track<'_> {
     fn drop(&mut self) {
         let c = self.counters;
         c.inflight.fetch_sub(1, Ordering::Relaxed);
-        if !*self.finished.get_mut() {
+        if !self.finished {
             c.failures[1].fetch_add(1, Ordering::Relaxed);
         }
     }

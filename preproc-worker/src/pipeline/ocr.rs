@@ -84,7 +84,8 @@ impl CpuStep for DetPreprocess {
             // pixel. A very thin image is scaled up until its short side is
             // limit_side_len, which can make it enormous.
             let pixels = sizes.input_w as u64 * sizes.input_h as u64;
-            let limit = (slots.largest() as u64).saturating_sub(4096) / 12;
+            let limit =
+                slots.largest().saturating_sub(model_repo::TABLE_ROOM) as u64 / model_repo::DET_INPUT_PIXEL as u64;
             if pixels > limit {
                 return Err(Failure::input(format!(
                     "a {}x{} image needs a {}x{} detector input ({pixels} pixels); the largest \
