@@ -2,7 +2,8 @@
 //! sizes the daemon derives its slot classes from, and checks a model
 //! against before loading it.
 
-use crate::{ModelConfig, Step};
+use crate::config::ModelConfig;
+use crate::pipeline::Step;
 
 /// Bytes a slot keeps before its tensors for their table (names, types,
 /// shapes).
