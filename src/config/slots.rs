@@ -2,7 +2,9 @@
 //! and the admission bounds, unless `[shm] slots` lists them. Slots are
 //! address space until used (their pages commit on first use, within
 //! `shm.max_bytes`), so the derived classes are generous in count and cost
-//! memory only for the slots requests actually hold at once.
+//! memory only for the slots requests actually hold at once. On a GPU the
+//! inference worker pins the whole region, which commits all of it: there
+//! the slots must fit under the ceiling themselves ([`fit_pinned`]).
 
 use anyhow::bail;
 use model_repo::{Model, SlotNeed, TABLE_ROOM};
@@ -46,12 +48,39 @@ pub fn derive(largest: usize, b: Bounds) -> Vec<SlotClass> {
     sizes.into_iter().map(|size| SlotClass { size, count: count(size) }).collect()
 }
 
+/// Derived classes cut to fit under `ceiling` bytes in all, for a region
+/// that is pinned (so committed) whole: the largest classes lose slots
+/// first, each keeping at least [`PINNED_KEEP`] (fewer large requests at
+/// once, which then wait or get 429, instead of memory nobody asked for).
+/// `None` when even that is over the ceiling; `ceiling` 0 is none.
+pub fn fit_pinned(mut classes: Vec<SlotClass>, ceiling: u64) -> Option<Vec<SlotClass>> {
+    if ceiling == 0 {
+        return Some(classes);
+    }
+    let mut excess = bytes(&classes).saturating_sub(ceiling);
+    for c in classes.iter_mut().rev() {
+        let cut = u64::from(c.count.saturating_sub(PINNED_KEEP)).min(excess.div_ceil(c.size as u64));
+        c.count -= cut as u32;
+        excess = excess.saturating_sub(cut * c.size as u64);
+    }
+    (excess == 0).then_some(classes)
+}
+
+/// All the slots' bytes.
+fn bytes(classes: &[SlotClass]) -> u64 {
+    classes.iter().map(|c| c.size as u64 * u64::from(c.count)).sum()
+}
+
+/// The slots of each class that [`fit_pinned`] keeps.
+const PINNED_KEEP: u32 = 2;
+
 /// The classes the daemon runs with, checked against the models `loaded`
 /// at start and the ceiling (`shm.max_bytes`), whose messages name the key
 /// to change. Derived classes also hold the models that may be loaded
 /// later (`later`: the repository's others, under model control), those
-/// within the ceiling.
-pub fn classes(cfg: &Config, loaded: &[Model], later: &[Model]) -> anyhow::Result<Vec<SlotClass>> {
+/// within the ceiling. `pinned`: the region will be pinned whole for a GPU,
+/// so the slots themselves must fit under the ceiling.
+pub fn classes(cfg: &Config, loaded: &[Model], later: &[Model], pinned: bool) -> anyhow::Result<Vec<SlotClass>> {
     let need = |m: &Model| m.config.slot_need().map(|n| (m.name.clone(), n));
     let needs: Vec<(String, SlotNeed)> = loaded.iter().filter_map(need).collect();
     let body = cfg.server.max_body_bytes.0 as usize + TABLE_ROOM;
@@ -88,7 +117,22 @@ pub fn classes(cfg: &Config, loaded: &[Model], later: &[Model]) -> anyhow::Resul
         };
         bail!("{why}, over the pool's ceiling shm.max_bytes ({ceiling} bytes): raise shm.max_bytes");
     }
-    Ok(classes)
+    if !pinned {
+        return Ok(classes);
+    }
+    let total = bytes(&classes);
+    if !cfg.shm.slots.is_empty() && ceiling > 0 && total > ceiling {
+        bail!(
+            "shm.slots add up to {total} bytes, over shm.max_bytes ({ceiling} bytes); on a GPU the whole pool is \
+             pinned, so all of it is memory: list fewer or smaller slots, or raise shm.max_bytes"
+        );
+    }
+    fit_pinned(classes, ceiling).ok_or_else(|| {
+        anyhow::anyhow!(
+            "on a GPU the whole shared-memory pool is pinned, and {PINNED_KEEP} slots of each size class do not fit \
+             under shm.max_bytes ({ceiling} bytes): raise shm.max_bytes"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -121,6 +165,36 @@ mod tests {
         let small = Bounds { max_inflight: 2, max_inflight_bytes: 2 << 20 };
         assert_eq!(sizes_and_counts(&derive(1 << 20, small)), [(256 << 10, 4), (1 << 20, 8)]);
         assert_eq!(sizes_and_counts(&derive(100, small)), [(256 << 10, 4)]);
+    }
+
+    #[test]
+    fn pinned_classes_fit_under_the_ceiling_largest_first() {
+        let ocr = derive(2016 * 2016 * 12 + 4096, DEFAULTS);
+        // 1.7 GiB of slots under a 1 GiB ceiling: the 47 MiB class keeps two,
+        // the 16 MiB class gives up what is still over.
+        let fit = fit_pinned(ocr.clone(), 1 << 30).unwrap();
+        assert_eq!(sizes_and_counts(&fit), [(256 << 10, 512), (2 << 20, 256), (16 << 20, 18), (47 << 20, 2)]);
+        assert!(bytes(&fit) <= 1 << 30);
+        // Under the ceiling already, or no ceiling: unchanged.
+        assert_eq!(fit_pinned(ocr.clone(), 4 << 30), Some(ocr.clone()));
+        assert_eq!(fit_pinned(ocr.clone(), 0), Some(ocr.clone()));
+        // Two of each class over the ceiling: no fit.
+        assert_eq!(fit_pinned(ocr, 64 << 20), None);
+    }
+
+    #[test]
+    fn a_pinned_pool_is_held_to_the_ceiling() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/default.toml");
+        let mut cfg = Config::load(&path, &Default::default()).unwrap();
+        cfg.shm.max_bytes = crate::config::ByteSize(256 << 20);
+        // Derived: cut to fit.
+        assert!(bytes(&classes(&cfg, &[], &[], false).unwrap()) > 256 << 20);
+        assert!(bytes(&classes(&cfg, &[], &[], true).unwrap()) <= 256 << 20);
+        // Listed: refused, naming both keys.
+        cfg.shm.slots = vec![crate::config::SlotClass { size: crate::config::ByteSize(64 << 20), count: 5 }];
+        assert!(classes(&cfg, &[], &[], false).is_ok());
+        let err = classes(&cfg, &[], &[], true).unwrap_err().to_string();
+        assert!(err.contains("shm.slots") && err.contains("shm.max_bytes") && err.contains("GPU"), "{err}");
     }
 
     #[test]

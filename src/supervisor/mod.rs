@@ -80,7 +80,7 @@ impl Supervisor {
             }
         }
         let later = models::later(&cfg, &repository);
-        let classes = crate::config::slots::classes(&cfg, &repository.models, &later)?;
+        let classes = crate::config::slots::classes(&cfg, &repository.models, &later, placement.is_gpu())?;
         let params =
             LayoutParams::new(topology, cfg.models.max_models as usize, cfg.shm.lane_capacity as usize, &classes)?
                 .with_ceiling(cfg.shm.max_bytes.0);
