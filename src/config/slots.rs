@@ -53,7 +53,7 @@ pub fn derive(largest: usize, b: Bounds) -> Vec<SlotClass> {
 /// first, each keeping at least [`PINNED_KEEP`] (fewer large requests at
 /// once, which then wait or get 429, instead of memory nobody asked for).
 /// `None` when even that is over the ceiling; `ceiling` 0 is none.
-pub fn fit_pinned(mut classes: Vec<SlotClass>, ceiling: u64) -> Option<Vec<SlotClass>> {
+fn fit_pinned(mut classes: Vec<SlotClass>, ceiling: u64) -> Option<Vec<SlotClass>> {
     if ceiling == 0 {
         return Some(classes);
     }
