@@ -86,9 +86,10 @@ impl Supervisor {
                 .with_ceiling(cfg.shm.max_bytes.0);
         let region = Arc::new(Region::create("highserve", &params)?);
         let shown: Vec<String> = classes.iter().map(|c| format!("{} x {} KiB", c.count, c.size >> 10)).collect();
+        let pinned = if placement.is_gpu() { " (pinned whole for the GPU, so they fit under it)" } else { "" };
         tracing::info!(
-            "shared memory: {} MiB of address space, committed as used up to {} MiB (shm.max_bytes); slots {}; {} \
-             lanes of {} descriptors",
+            "shared memory: {} MiB of address space, committed as used up to {} MiB (shm.max_bytes); slots {}{pinned}; \
+             {} lanes of {} descriptors",
             region.len() >> 20,
             cfg.shm.max_bytes.0 >> 20,
             shown.join(", "),
