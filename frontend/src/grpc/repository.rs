@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
+use tonic::metadata::MetadataMap;
 
 use super::proto::model_repository_parameter::ParameterChoice;
 use super::proto::repository_index_response::ModelIndex;
@@ -42,14 +43,16 @@ pub enum Order {
 }
 
 /// Loads or unloads `name` once the admin token (when one is set) checks
-/// out; answered once the supervisor has done it or refused it.
+/// out; answered once the supervisor has done it or refused it. A token
+/// that is not text does not match (as over HTTP).
 pub async fn order(
     state: &State,
-    authorization: Option<&str>,
+    metadata: &MetadataMap,
     name: &str,
     order: Order,
     parameters: &HashMap<String, ModelRepositoryParameter>,
 ) -> Result<(), ApiError> {
+    let authorization = metadata.get("authorization").map(|v| v.to_str().unwrap_or_default());
     state.orders.authorize(authorization)?;
     let body = body(parameters);
     let op = match order {

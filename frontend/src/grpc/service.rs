@@ -117,9 +117,8 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<RepositoryModelLoadRequest>,
     ) -> Answer<RepositoryModelLoadResponse> {
-        let authorization = authorization(r.metadata());
-        let r = r.into_inner();
-        repository::order(&self.state, authorization.as_deref(), &r.model_name, Order::Load, &r.parameters)
+        let (metadata, _, r) = r.into_parts();
+        repository::order(&self.state, &metadata, &r.model_name, Order::Load, &r.parameters)
             .await
             .map_err(|e| fail("RepositoryModelLoad", e))?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
@@ -129,9 +128,8 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        let authorization = authorization(r.metadata());
-        let r = r.into_inner();
-        repository::order(&self.state, authorization.as_deref(), &r.model_name, Order::Unload, &r.parameters)
+        let (metadata, _, r) = r.into_parts();
+        repository::order(&self.state, &metadata, &r.model_name, Order::Unload, &r.parameters)
             .await
             .map_err(|e| fail("RepositoryModelUnload", e))?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
@@ -218,10 +216,4 @@ impl GrpcInferenceService for Service {
              the format by --log-format (docs/operations.md)",
         ))
     }
-}
-
-/// The `authorization` metadata; a value that is not text is a token that
-/// does not match (as over HTTP).
-fn authorization(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
-    metadata.get("authorization").map(|v| v.to_str().unwrap_or_default().to_string())
 }
