@@ -328,8 +328,9 @@ impl Supervisor {
         let mut poll = tokio::time::interval(Duration::from_secs(self.cfg.models.repository_poll_secs.max(1)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Idle slots return their pages to the kernel: checked every tenth
-        // of the idle time (at most once a minute).
-        let idle = Duration::from_secs(self.cfg.shm.release_idle_secs);
+        // of the idle time (at most once a minute). Not on a GPU: the pool
+        // is pinned there, and a hole would leave the GPU the old pages.
+        let idle = Duration::from_secs(if self.placement.is_gpu() { 0 } else { self.cfg.shm.release_idle_secs });
         let mut release = tokio::time::interval((idle / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
         release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {

@@ -87,7 +87,7 @@ impl SlotPool {
     }
 
     /// 0 for a slot whose pages hold no memory (never used, or released);
-    /// else [`stamp_now`] of its last allocation.
+    /// else [`stamp_now`] of its last allocation or free.
     fn stamp_word(&self, index: u32) -> &AtomicU32 {
         self.region.atomic_u32(self.region.layout().slot_meta_offset + index as usize * SLOT_META + 4)
     }
@@ -117,15 +117,17 @@ impl SlotPool {
                     continue;
                 }
                 let stamp = self.stamp_word(index);
-                let fresh = stamp.load(Ordering::Relaxed) == 0;
-                if fresh && capped {
+                if capped && stamp.load(Ordering::Relaxed) == 0 {
                     continue;
                 }
-                // Acquire: the previous owner's accesses happen before ours (it freed
-                // with a Release store).
+                // Acquire: the previous owner's accesses, and a release's reset of
+                // the stamp, happen before ours (both end with a Release store of 0).
                 if word.compare_exchange(0, code(owner), Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
                 }
+                // Read again now that the slot is ours: a release may have
+                // returned its pages between the check above and the exchange.
+                let fresh = stamp.load(Ordering::Relaxed) == 0;
                 if fresh && !self.commit(size as u64) {
                     word.store(0, Ordering::Release);
                     capped = true;
@@ -167,12 +169,21 @@ impl SlotPool {
         let mut total = 0;
         for index in 0..self.region.layout().total_slots {
             let stamp = self.stamp_word(index);
-            let at = stamp.load(Ordering::Relaxed);
-            if at == 0 || now.saturating_sub(at) < idle {
+            let idle_now = || {
+                let at = stamp.load(Ordering::Relaxed);
+                at != 0 && now.saturating_sub(at) >= idle
+            };
+            if !idle_now() {
                 continue;
             }
             let word = self.owner_word(index);
             if word.compare_exchange(0, RELEASING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            // Again now that nobody can take it: it may have been used and
+            // freed (stamped) between the check above and the exchange.
+            if !idle_now() {
+                word.store(0, Ordering::Release);
                 continue;
             }
             let (_, size, data_off) = self.region.layout().slot(index).expect("index in range; this is a bug");
@@ -361,8 +372,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let word = self.region.atomic_u32(self.region.layout().slot_meta_offset + self.index as usize * SLOT_META);
+        let meta = self.region.layout().slot_meta_offset + self.index as usize * SLOT_META;
+        let word = self.region.atomic_u32(meta);
         self.region.pool_counters().used.fetch_sub(self.size as u64, Ordering::Relaxed);
+        // Idle from now: release_idle counts from the last free, not the take.
+        self.region.atomic_u32(meta + 4).store(stamp_now(), Ordering::Relaxed);
         // Release: our accesses to the bytes happen before the next owner's.
         word.store(0, Ordering::Release);
     }

@@ -152,3 +152,39 @@ fn idle_slots_return_their_pages_and_commit_again_when_used() {
     assert_eq!(pool.memory().committed, 2 * 4096);
     drop((a, busy));
 }
+
+#[test]
+fn releasing_while_others_allocate_keeps_the_committed_count_true() {
+    // The committed count must stay the bytes of the slots that hold pages,
+    // however allocations and releases interleave (each side checks the
+    // stamp again once the slot is its own). A heap region: releasing is
+    // only the bookkeeping, so the two sides meet far more often.
+    let pool = pool();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..3u16 {
+            let pool = pool.clone();
+            let stop = &stop;
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(mut slot) = pool.alloc(10, ProcId(t), 1) {
+                        slot.as_mut_slice()[0] = 1;
+                    }
+                }
+            });
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < end {
+            pool.release_idle(std::time::Duration::ZERO);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let layout = pool.region.layout();
+    let holding: u64 = (0..layout.total_slots)
+        .filter(|&i| pool.stamp_word(i).load(Ordering::Relaxed) != 0)
+        .map(|i| layout.slot(i).unwrap().1 as u64)
+        .sum();
+    let m = pool.memory();
+    assert_eq!(m.committed, holding, "{m:?}");
+    assert_eq!(m.used, 0, "{m:?}");
+}
