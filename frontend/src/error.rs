@@ -129,18 +129,18 @@ impl From<ControlError> for ApiError {
     }
 }
 
+/// By the status a worker answers the same error with
+/// ([`shm::ShmError::status`]), so both sides agree.
 impl From<shm::ShmError> for ApiError {
     fn from(e: shm::ShmError) -> ApiError {
-        match e {
+        let message = match e {
             shm::ShmError::NoSlot { .. } | shm::ShmError::Full { .. } => {
-                ApiError::Unavailable(format!("the server is out of shared-memory capacity: {e}"))
+                format!("the server is out of shared-memory capacity: {e}")
             }
-            // Refused before the pool's memory crosses its ceiling, as
-            // admission refuses when full: the client may retry.
-            shm::ShmError::Ceiling { .. } => ApiError::TooManyRequests(e.to_string()),
-            shm::ShmError::PeerGone(_) => ApiError::Unavailable(format!("a worker is down: {e}")),
-            other => ApiError::Internal(other.to_string()),
-        }
+            shm::ShmError::PeerGone(_) => format!("a worker is down: {e}"),
+            _ => e.to_string(),
+        };
+        ApiError::from_worker(e.status(), message)
     }
 }
 

@@ -39,7 +39,7 @@ impl ShmError {
     /// The status a request failed by this error is answered with.
     pub fn status(&self) -> crate::Status {
         match self {
-            ShmError::NoSlot { .. } | ShmError::Full { .. } => crate::Status::Unavailable,
+            ShmError::NoSlot { .. } | ShmError::Full { .. } | ShmError::PeerGone(_) => crate::Status::Unavailable,
             ShmError::Ceiling { .. } => crate::Status::PoolFull,
             _ => crate::Status::Internal,
         }

@@ -148,7 +148,8 @@ impl Region {
 
     fn map(fd: OwnedFd, layout: Layout) -> Result<Region, ShmError> {
         // Not pre-faulted: a page costs memory once touched. A first touch
-        // costs a fault (about 245 µs per 600 KB tensor copy, DESIGN.md), so
+        // costs a fault (a 588 KiB copy: 400-504 µs into fresh pages, 14-16
+        // µs into touched ones; benches/commit.rs), so
         // the slot pool hands out the slots used before first
         // ([`crate::SlotPool::alloc`]): after warm-up the hot path touches
         // only pages it has touched before.

@@ -87,7 +87,9 @@ pub fn classes(cfg: &Config, loaded: &[Model], later: &[Model], pinned: bool) ->
     let ceiling = cfg.shm.max_bytes.0;
     let biggest = needs.iter().max_by_key(|(_, n)| n.bytes);
     let classes = if cfg.shm.slots.is_empty() {
-        let fits = |n: &SlotNeed| ceiling == 0 || n.bytes as u64 <= ceiling;
+        // As derive rounds the largest class (a model that may never load
+        // must not make start-up fail).
+        let fits = |n: &SlotNeed| ceiling == 0 || (n.bytes.div_ceil(MIB) * MIB) as u64 <= ceiling;
         let later = later.iter().filter_map(need).map(|(_, n)| n).filter(fits).map(|n| n.bytes);
         let largest = needs.iter().map(|(_, n)| n.bytes).chain(later).max().unwrap_or(0).max(body);
         derive(

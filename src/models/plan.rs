@@ -8,8 +8,6 @@ use model_repo::{Model, ModelState, Repository, Step};
 use super::catalog::CatalogError;
 use super::{Catalog, Manager};
 
-/// Room a slot keeps beside a request's tensor for its tensor table.
-
 #[derive(Debug, Default)]
 pub(super) struct Plan {
     /// The order to answer.

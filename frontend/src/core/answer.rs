@@ -39,16 +39,9 @@ impl Answer {
         request: InferRequest,
     ) -> Result<Answer, ApiError> {
         Ok(match desc.kind() {
-            Some(Kind::Response) => {
-                if let Some(o) = request.outputs.iter().find(|o| o.region.is_some()) {
-                    return Err(ApiError::BadRequest(format!(
-                        "output `{}` asks for shared_memory_region, but model `{}` answers with post-processed JSON, \
-                         which comes in the response; ask without shared_memory_region",
-                        o.name, model.name
-                    )));
-                }
-                Answer::Json(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec())
-            }
+            // Only an image post asks for post-processed JSON (no outputs, so
+            // no regions).
+            Some(Kind::Response) => Answer::Json(slot.bytes(desc.offset as usize, desc.len as usize)?.to_vec()),
             // A model without post-processing answers with its output tensors.
             _ => {
                 let outputs = Outputs { desc, slot, request };
