@@ -293,17 +293,19 @@ fn a_stream_answers_each_request_with_its_id() {
         // A bad request in the middle fails alone; the stream goes on.
         requests.insert(3, cls_request("bad", &rows[0], &[1, 3, 48, 100]));
         let mut answers = c.model_stream_infer(tokio_stream::iter(requests)).await.unwrap().into_inner();
-        let mut seen = BTreeMap::new();
+        let (mut seen, mut bad) = (BTreeMap::new(), false);
         while let Some(a) = answers.message().await.unwrap() {
             let r = a.infer_response.expect("every answer names its request");
             if r.id == "bad" {
                 assert!(a.error_message.starts_with("[request id: bad] input `x` has shape"), "{}", a.error_message);
                 assert_eq!(r.model_name, CLS);
+                bad = true;
             } else {
                 assert!(a.error_message.is_empty(), "{}", a.error_message);
                 seen.insert(r.id.clone(), floats(output(&r, CLS_OUT).1));
             }
         }
+        assert!(bad, "the failed request is answered too");
         assert_eq!(seen.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
         for (id, p) in &seen {
             assert!(close(p, &expected[id]), "{id}: {p:?} vs {:?}", expected[id]);

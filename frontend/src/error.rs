@@ -89,6 +89,16 @@ impl ApiError {
         }
     }
 
+    /// Logs the error under `what` (a route, an RPC): a warning when the
+    /// server failed, debug when the request was at fault.
+    pub fn log(&self, what: impl std::fmt::Display) {
+        if self.status().is_server_error() {
+            tracing::warn!("{what}: {}", self.message());
+        } else {
+            tracing::debug!("{what}: {}", self.message());
+        }
+    }
+
     /// A failure reported by a worker, by its status class.
     pub fn from_worker(status: shm::Status, message: String) -> ApiError {
         match status {

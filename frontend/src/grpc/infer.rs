@@ -39,7 +39,7 @@ pub async fn infer(
     let id = std::mem::take(&mut msg.id);
     let version = (!msg.model_version.is_empty()).then_some(msg.model_version.as_str());
     // Counted in flight on its entry until its response is made.
-    let serving = state.tables.serve(&msg.model_name, version)?;
+    let serving = state.tables.serve(&msg.model_name, version).inspect_err(|e| e.log("gRPC ModelInfer"))?;
     let model = serving.model();
     let len = convert::held_bytes(&msg);
     let request = convert::infer_request(msg).map_err(ApiError::from).map(|mut r| {

@@ -32,11 +32,7 @@ type Answer<T> = Result<Response<T>, Status>;
 
 /// `e` as `rpc`'s status, logged as HTTP logs a route's error.
 fn fail(rpc: &str, e: ApiError) -> Status {
-    if e.status().is_server_error() {
-        tracing::warn!("gRPC {rpc}: {}", e.message());
-    } else {
-        tracing::debug!("gRPC {rpc}: {}", e.message());
-    }
+    e.log(format_args!("gRPC {rpc}"));
     status::status(&e)
 }
 
@@ -87,7 +83,7 @@ impl GrpcInferenceService for Service {
         let budget = infer::budget(r.metadata());
         match infer::infer(&self.state, r.into_inner(), budget).await {
             Ok(resp) => Ok(Response::new(resp)),
-            // Logged by the core, in the request's span.
+            // Logged by the core, in the request's span (or by infer).
             Err(e) => Err(status::status(&e)),
         }
     }

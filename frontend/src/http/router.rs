@@ -22,11 +22,7 @@ pub async fn route<B: BodySource>(state: &State, req: Request<B>) -> Resp {
         Ok(resp) => resp,
         // Inference requests log their own outcome, in their span.
         Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!("{method} {path}: {}", e.message());
-            } else {
-                tracing::debug!("{method} {path}: {}", e.message());
-            }
+            e.log(format_args!("{method} {path}"));
             response::error(&e)
         }
     }
