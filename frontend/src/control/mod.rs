@@ -127,6 +127,24 @@ fn parameters(body: &[u8], what: &str) -> Result<serde_json::Map<String, Value>,
     }
 }
 
+/// Which way a repository order goes, over either protocol.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    Load,
+    Unload,
+}
+
+impl Order {
+    /// The operation for model `name`, from the order's body as HTTP
+    /// carries it.
+    pub fn op(self, name: &str, body: &[u8]) -> Result<ControlOp, ApiError> {
+        match self {
+            Order::Load => load(name, body),
+            Order::Unload => unload(name, body),
+        }
+    }
+}
+
 /// `POST /v2/repository/models/<name>/load`, with an optional body
 /// `{"parameters": {"config": "<the model's config as JSON>"}}`.
 pub fn load(name: &str, body: &[u8]) -> Result<ControlOp, ApiError> {

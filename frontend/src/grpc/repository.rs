@@ -14,7 +14,7 @@ use tonic::metadata::MetadataMap;
 use super::proto::model_repository_parameter::ParameterChoice;
 use super::proto::repository_index_response::ModelIndex;
 use super::proto::{self, ModelRepositoryParameter};
-use crate::control;
+use crate::control::{self, Order};
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -36,12 +36,6 @@ pub fn index(state: &State, ready: bool) -> Result<proto::RepositoryIndexRespons
     Ok(proto::RepositoryIndexResponse { models })
 }
 
-#[derive(Clone, Copy, Debug)]
-pub enum Order {
-    Load,
-    Unload,
-}
-
 /// Loads or unloads `name` once the admin token (when one is set) checks
 /// out; answered once the supervisor has done it or refused it. A token
 /// that is not text does not match (as over HTTP).
@@ -54,12 +48,7 @@ pub async fn order(
 ) -> Result<(), ApiError> {
     let authorization = metadata.get("authorization").map(|v| v.to_str().unwrap_or_default());
     state.orders.authorize(authorization)?;
-    let body = body(parameters);
-    let op = match order {
-        Order::Load => control::load(name, &body)?,
-        Order::Unload => control::unload(name, &body)?,
-    };
-    state.orders.order(op).await
+    state.orders.order(order.op(name, &body(parameters))?).await
 }
 
 /// `{"parameters": {...}}`, as HTTP's body carries them. A `bytes_param`

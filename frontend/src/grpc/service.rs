@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
-use super::repository::{self, Order};
+use super::repository;
 use super::{config, infer, stats, status};
 use crate::client_shm;
+use crate::control::Order;
 use crate::error::ApiError;
 use crate::state::State;
 use crate::table;

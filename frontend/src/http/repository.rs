@@ -7,15 +7,9 @@ use http::{Request, header};
 
 use super::response::{self, Resp};
 use crate::body::BodySource;
-use crate::control;
+use crate::control::{self, Order};
 use crate::error::ApiError;
 use crate::state::State;
-
-#[derive(Clone, Copy, Debug)]
-pub enum Order {
-    Load,
-    Unload,
-}
 
 /// `POST /v2/repository/index`, its body optional (`{"ready": true}`).
 pub async fn index<B: BodySource>(state: &State, req: Request<B>) -> Result<Resp, ApiError> {
@@ -31,10 +25,6 @@ pub async fn order<B: BodySource>(state: &State, name: &str, order: Order, req: 
     let authorization = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
     state.orders.authorize(authorization)?;
     let body = super::small_body(state, &mut body).await?;
-    let op = match order {
-        Order::Load => control::load(name, &body)?,
-        Order::Unload => control::unload(name, &body)?,
-    };
-    state.orders.order(op).await?;
+    state.orders.order(order.op(name, &body)?).await?;
     Ok(response::json(b"{}".to_vec()))
 }

@@ -6,10 +6,11 @@ use http::{Method, Request, StatusCode};
 use model_repo::Model;
 
 use super::infer;
-use super::repository::{self, Order};
+use super::repository;
 use super::response::{self, Resp};
 use super::shared_memory;
 use crate::body::BodySource;
+use crate::control::Order;
 use crate::error::ApiError;
 use crate::state::State;
 use crate::{client_shm, metrics, stats, table, v2};
