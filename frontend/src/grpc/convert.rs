@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use model_repo::{DType, Model};
 use serde_json::{Map, Value};
-use shm::tensor::element_count;
 
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::InferInputTensor;
@@ -30,9 +29,7 @@ pub fn infer_request(msg: ModelInferRequest) -> Result<InferRequest, V2Error> {
     let ModelInferRequest { parameters, inputs, outputs, raw_input_contents, .. } = msg;
     let mut req = InferRequest::default();
     v2::request_parameters(&mut req, json_parameters(parameters))?;
-    if inputs.is_empty() {
-        return Err(V2Error::Request("the request has no inputs; `inputs` must list at least one tensor".into()));
-    }
+    v2::has_inputs(inputs.len())?;
     let raw_count = raw_input_contents.len();
     let mut raw = raw_input_contents.into_iter();
     req.inputs.reserve(inputs.len());
@@ -47,11 +44,7 @@ pub fn infer_request(msg: ModelInferRequest) -> Result<InferRequest, V2Error> {
         )));
     }
     for out in outputs {
-        if req.outputs.iter().any(|o| o.name == out.name) {
-            return Err(V2Error::Request(format!("output `{}` is requested twice; name each output once", out.name)));
-        }
-        let params = json_parameters(out.parameters);
-        req.outputs.push(v2::requested_output(out.name, Some(&params))?);
+        v2::add_output(&mut req, out.name, Some(&json_parameters(out.parameters)))?;
     }
     Ok(req)
 }
@@ -69,13 +62,7 @@ fn input_tensor(
     has_raw: bool,
 ) -> Result<InputTensor, V2Error> {
     let InferInputTensor { name, datatype, shape, parameters, contents } = input;
-    let dtype = DType::parse(&datatype).ok_or_else(|| {
-        let all: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-        V2Error::Request(format!("input `{name}` has datatype `{datatype}`; accepted: {}", all.join(", ")))
-    })?;
-    let Some(count) = element_count(&shape) else {
-        return Err(V2Error::Request(format!("input `{name}` has shape {shape:?}; dimensions must be integers ≥ 0")));
-    };
+    let (dtype, count) = v2::input_header(&name, &datatype, &shape)?;
     let what = format!("input `{name}`");
     let region = ShmRef::from_parameters(&what, Some(&json_parameters(parameters)))?;
     // tritonclient sends no `contents` with raw data; an empty one is none.

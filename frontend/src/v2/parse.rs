@@ -64,9 +64,7 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>) -> Result<InferReques
         outputs: Vec::new(),
     };
     request_parameters(&mut req, raw.parameters.unwrap_or_default())?;
-    if raw.inputs.is_empty() {
-        return Err(V2Error::Request("the request has no inputs; `inputs` must list at least one tensor".into()));
-    }
+    has_inputs(raw.inputs.len())?;
     let sizes = binary_sizes(&raw.inputs)?;
     check_binary_total(&raw.inputs, &sizes, body.len(), header_len)?;
     let mut at = header_len;
@@ -78,10 +76,7 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>) -> Result<InferReques
         req.inputs.push(input_tensor(input, range, body)?);
     }
     for out in raw.outputs.unwrap_or_default() {
-        if req.outputs.iter().any(|o| o.name == out.name) {
-            return Err(V2Error::Request(format!("output `{}` is requested twice; name each output once", out.name)));
-        }
-        req.outputs.push(requested_output(out.name, out.parameters.as_ref())?);
+        add_output(&mut req, out.name, out.parameters.as_ref())?;
     }
     Ok(req)
 }
@@ -166,19 +161,30 @@ fn check_binary_total(
     Err(V2Error::Request(format!("{declared} but {found} bytes follow the {header_len}-byte JSON header{hint}")))
 }
 
+/// Refuses a request with no inputs (over either protocol).
+pub fn has_inputs(n: usize) -> Result<(), V2Error> {
+    if n == 0 {
+        return Err(V2Error::Request("the request has no inputs; `inputs` must list at least one tensor".into()));
+    }
+    Ok(())
+}
+
+/// Input `name`'s datatype and element count, from its header.
+pub fn input_header(name: &str, datatype: &str, shape: &[i64]) -> Result<(DType, usize), V2Error> {
+    let dtype = DType::parse(datatype).ok_or_else(|| {
+        let all: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+        V2Error::Request(format!("input `{name}` has datatype `{datatype}`; accepted: {}", all.join(", ")))
+    })?;
+    let count = element_count(shape).ok_or_else(|| {
+        V2Error::Request(format!("input `{name}` has shape {}; dimensions must be integers ≥ 0", shape_str(shape)))
+    })?;
+    Ok((dtype, count))
+}
+
 fn input_tensor(input: RawInput, range: Option<std::ops::Range<usize>>, body: &[u8]) -> Result<InputTensor, V2Error> {
     let name = input.name;
-    let datatype = DType::parse(&input.datatype).ok_or_else(|| {
-        let all: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-        V2Error::Request(format!("input `{name}` has datatype `{}`; accepted: {}", input.datatype, all.join(", ")))
-    })?;
     let shape = input.shape;
-    let Some(count) = element_count(&shape) else {
-        return Err(V2Error::Request(format!(
-            "input `{name}` has shape {}; dimensions must be integers ≥ 0",
-            shape_str(&shape)
-        )));
-    };
+    let (datatype, count) = input_header(&name, &input.datatype, &shape)?;
     let what = format!("input `{name}`");
     let region = ShmRef::from_parameters(&what, input.parameters.as_ref())?;
     let data = match (input.data, range, region) {
@@ -268,8 +274,22 @@ pub fn check_binary(
     Ok(())
 }
 
+/// Adds output `name`, requested with `parameters`, to `req`; a name
+/// given twice is refused.
+pub fn add_output(
+    req: &mut InferRequest,
+    name: String,
+    parameters: Option<&Map<String, Value>>,
+) -> Result<(), V2Error> {
+    if req.outputs.iter().any(|o| o.name == name) {
+        return Err(V2Error::Request(format!("output `{name}` is requested twice; name each output once")));
+    }
+    req.outputs.push(requested_output(name, parameters)?);
+    Ok(())
+}
+
 /// Output `name` as requested with `parameters`.
-pub fn requested_output(name: String, parameters: Option<&Map<String, Value>>) -> Result<RequestedOutput, V2Error> {
+fn requested_output(name: String, parameters: Option<&Map<String, Value>>) -> Result<RequestedOutput, V2Error> {
     let what = format!("output `{name}`");
     let region = ShmRef::from_parameters(&what, parameters)?;
     let mut req = RequestedOutput { name, binary_data: None, classification: None, region: None };
