@@ -2,6 +2,8 @@
 //! admit → reserve → read → submit → answer. The request's span and its
 //! metrics are opened here, once, and its outcome is logged here, once.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use tracing::Instrument;
 
@@ -40,6 +42,8 @@ pub struct Parsed<'r> {
     pub request: Result<InferRequest, ApiError>,
     /// Bytes of the message, counted against `server.max_inflight_bytes`.
     pub len: usize,
+    /// The client's deadline for the call, if its protocol carries one.
+    pub budget: Option<Duration>,
 }
 
 /// Runs `request`, reading its body from `body`; `respond` turns the answer
@@ -164,13 +168,14 @@ async fn answer_parsed<R>(
     track: &Track<'_>,
     respond: impl FnOnce(Answer) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
-    let Parsed { serving, request, len } = parsed;
+    let Parsed { serving, request, len, budget } = parsed;
     let (index, model) = (serving.index(), serving.model());
     let seen = request.as_ref().ok().and_then(|r| r.priority).unwrap_or(0);
     let mut permit = state.admission.admit(index, &model.name, model.config.level(seen))?;
     state.admission.reserve(&mut permit, len)?;
     track.received();
-    let work = tensors(state, serving, RequestParams::default(), request?, &[], &mut permit)?;
+    let params = RequestParams { budget, ..RequestParams::default() };
+    let work = tensors(state, serving, params, request?, &[], &mut permit)?;
     work.submit(state, model).await.and_then(respond)
 }
 
@@ -190,6 +195,7 @@ fn tensors(
     let params = RequestParams {
         priority: request.priority.or(params.priority),
         timeout_us: request.timeout_us.or(params.timeout_us),
+        budget: params.budget,
     };
     let job = Job::new(state, model, index, params, permit)?;
     Work::tensors(state, job, model, request, body)

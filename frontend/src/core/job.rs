@@ -19,6 +19,9 @@ pub struct RequestParams {
     pub priority: Option<u64>,
     /// The request's deadline, in microseconds from now.
     pub timeout_us: Option<u64>,
+    /// The client's own deadline for the call (gRPC's `grpc-timeout`): the
+    /// request's deadline never passes it.
+    pub budget: Option<Duration>,
 }
 
 /// A request on its way: where its answer will come from and until when.
@@ -45,12 +48,14 @@ impl Job {
         params: RequestParams,
         permit: &mut Permit,
     ) -> Result<Job, ApiError> {
-        // The request's `timeout`, else the model's default, else the server's.
+        // The request's `timeout`, else the model's default, else the
+        // server's; never past the client's own deadline.
         let timeout = params
             .timeout_us
             .or(config.config.default_timeout_microseconds)
             .map(Duration::from_micros)
-            .unwrap_or(state.limits.request_timeout);
+            .unwrap_or(state.limits.request_timeout)
+            .min(params.budget.unwrap_or(Duration::MAX));
         let id = state.dispatch.new_id();
         tracing::Span::current().record("request_id", id);
         // Triton's convention (1 the highest, 0 the model's default),

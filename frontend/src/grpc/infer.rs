@@ -42,19 +42,8 @@ pub async fn infer(
     let serving = state.tables.serve(&msg.model_name, version).inspect_err(|e| e.log("gRPC ModelInfer"))?;
     let model = serving.model();
     let len = convert::held_bytes(&msg);
-    let request = convert::infer_request(msg).map_err(ApiError::from).map(|mut r| {
-        if let Some(budget) = budget {
-            // The request's own timeout, else the model's, else the
-            // server's, and never past the client's deadline.
-            let own = r
-                .timeout_us
-                .or(model.config.default_timeout_microseconds)
-                .unwrap_or(state.limits.request_timeout.as_micros() as u64);
-            r.timeout_us = Some(own.min(budget.as_micros() as u64));
-        }
-        r
-    });
-    let parsed = Parsed { serving: &serving, request, len };
+    let request = convert::infer_request(msg).map_err(ApiError::from);
+    let parsed = Parsed { serving: &serving, request, len, budget };
     core::infer_parsed(state, parsed, |answer| convert::infer_response(model, answer, id)).await
 }
 

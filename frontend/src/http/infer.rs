@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn priority_and_timeout_come_from_the_query() {
         let p = query_params(Some("priority=1&timeout=50000&x=y")).unwrap();
-        assert_eq!(p, RequestParams { priority: Some(1), timeout_us: Some(50000) });
+        assert_eq!(p, RequestParams { priority: Some(1), timeout_us: Some(50000), budget: None });
         assert_eq!(query_params(None).unwrap(), RequestParams::default());
         assert_eq!(query_params(Some("")).unwrap(), RequestParams::default());
         let e = query_params(Some("priority=high")).unwrap_err();
