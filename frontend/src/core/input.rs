@@ -196,6 +196,9 @@ impl Work {
             }
             (Target::Gpu, job.descriptor(Kind::Tensors, table_len, rows, 0), slot)
         };
+        // The inputs are in the slot now: what held them (a gRPC message's
+        // bytes, JSON data) goes before the wait, not after the answer.
+        let request = InferRequest { inputs: Vec::new(), ..request };
         Ok(Work { job, target, desc, slot, body: 0..0, request })
     }
 
