@@ -168,11 +168,22 @@ impl Regions {
             .map_err(|e| ApiError::BadRequest(format!("{what}: region `{}` ({}): {e}", at.region, region.key)))
     }
 
-    /// Writes output `name` into its region; it must fit the size the
-    /// request gave.
+    /// The region output `name` goes to, looked up (and `at` checked
+    /// against it) when its request starts, so that a wrong name fails
+    /// before the model runs and the region stays open until the output
+    /// is written, whatever unregister does meanwhile.
+    pub fn output(&self, at: &ShmRef, name: &str) -> Result<OutputRegion, ApiError> {
+        Ok(OutputRegion(self.find(at, &Tensor("output", name))?))
+    }
+}
+
+/// An output's region, held by its request ([`Regions::output`]).
+pub struct OutputRegion(Arc<Region>);
+
+impl OutputRegion {
+    /// Writes output `name` at `at`; it must fit the size the request gave.
     pub fn write(&self, at: &ShmRef, src: &[u8], name: &str) -> Result<(), ApiError> {
-        let what = Tensor("output", name);
-        let region = self.find(at, &what)?;
+        let (what, region) = (Tensor("output", name), &self.0);
         if src.len() > at.byte_size {
             return Err(ApiError::BadRequest(format!(
                 "{what} is {} bytes, more than its shared_memory_byte_size {}; give a region of at least its size",

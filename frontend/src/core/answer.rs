@@ -4,8 +4,8 @@ use model_repo::Model;
 use shm::tensor;
 use shm::{Descriptor, Kind, Slot};
 
+use crate::client_shm::OutputRegion;
 use crate::error::ApiError;
-use crate::state::State;
 use crate::v2::{InferRequest, OutputTensor};
 
 #[expect(clippy::large_enum_variant, reason = "made once per request and moved once; a box would allocate")]
@@ -32,11 +32,11 @@ impl Answer {
     /// into a client's shared-memory region are written there now, so
     /// every adapter finds them done.
     pub(super) fn new(
-        state: &State,
         model: &Model,
         desc: Descriptor,
         slot: Slot,
         request: InferRequest,
+        regions: &[Option<OutputRegion>],
     ) -> Result<Answer, ApiError> {
         Ok(match desc.kind() {
             // Only an image post asks for post-processed JSON (no outputs, so
@@ -45,7 +45,7 @@ impl Answer {
             // A model without post-processing answers with its output tensors.
             _ => {
                 let outputs = Outputs { desc, slot, request };
-                outputs.write_regions(state, model)?;
+                outputs.write_regions(model, regions)?;
                 Answer::Tensors(outputs)
             }
         })
@@ -70,18 +70,18 @@ impl Outputs {
 
     /// Writes each output asked into a region: the one copy of its bytes,
     /// from the slot into the client's region.
-    fn write_regions(&self, state: &State, model: &Model) -> Result<(), ApiError> {
-        if self.request.outputs.iter().all(|o| o.region.is_none()) {
+    fn write_regions(&self, model: &Model, regions: &[Option<OutputRegion>]) -> Result<(), ApiError> {
+        if regions.iter().all(Option::is_none) {
             return Ok(());
         }
         let tensors = self.tensors(model)?;
-        for asked in &self.request.outputs {
-            let Some(at) = &asked.region else { continue };
+        for (asked, region) in self.request.outputs.iter().zip(regions) {
+            let (Some(at), Some(region)) = (&asked.region, region) else { continue };
             // validate() checked the name against the model's outputs.
             let t = tensors.iter().find(|t| t.name == asked.name).ok_or_else(|| {
                 ApiError::Internal(format!("the model produced no output `{}`; this is a bug", asked.name))
             })?;
-            state.client_shm.write(at, t.data, &asked.name)?;
+            region.write(at, t.data, &asked.name)?;
         }
         Ok(())
     }

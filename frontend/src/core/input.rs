@@ -14,6 +14,7 @@ use super::answer::Answer;
 use super::job::Job;
 use super::payload::{Form, Payload, V2Body};
 use crate::admission::Permit;
+use crate::client_shm::OutputRegion;
 use crate::dispatch::Target;
 use crate::error::ApiError;
 use crate::state::State;
@@ -138,6 +139,8 @@ pub struct Work {
     /// Where an image's own bytes go ([`Work::body`]); empty for tensors.
     body: Range<usize>,
     request: InferRequest,
+    /// The client regions of the requested outputs, by position.
+    regions: Vec<Option<OutputRegion>>,
 }
 
 impl Work {
@@ -148,7 +151,15 @@ impl Work {
         let flags = if model.config.answers_in_json() { FLAG_POSTPROCESS } else { 0 };
         let desc = job.descriptor(Kind::Images, layout.slot_len(), 1, flags);
         let body = layout.write(&mut slot);
-        Ok(Work { job, target: Target::Preproc, desc, slot, body, request: InferRequest::default() })
+        Ok(Work {
+            job,
+            target: Target::Preproc,
+            desc,
+            slot,
+            body,
+            request: InferRequest::default(),
+            regions: Vec::new(),
+        })
     }
 
     /// Where the image's bytes go.
@@ -164,6 +175,11 @@ impl Work {
         request: InferRequest,
         body: &[u8],
     ) -> Result<Work, ApiError> {
+        let regions = request
+            .outputs
+            .iter()
+            .map(|o| o.region.as_ref().map(|at| state.client_shm.output(at, &o.name)).transpose())
+            .collect::<Result<_, _>>()?;
         let image_input = model.config.image_input().map(|(_, t)| t.name.as_str());
         let bytes_image =
             request.inputs.iter().find(|i| Some(i.name.as_str()) == image_input && i.datatype == DType::Bytes);
@@ -199,13 +215,13 @@ impl Work {
         // The inputs are in the slot now: what held them (a gRPC message's
         // bytes, JSON data) goes before the wait, not after the answer.
         let request = InferRequest { inputs: Vec::new(), ..request };
-        Ok(Work { job, target, desc, slot, body: 0..0, request })
+        Ok(Work { job, target, desc, slot, body: 0..0, request, regions })
     }
 
     /// Hands the slot to its worker and waits for the answer.
     pub async fn submit(self, state: &State, model: &Model) -> Result<Answer, ApiError> {
         let (desc, slot) = self.job.run(state, self.target, self.desc, self.slot).await?;
-        Answer::new(state, model, desc, slot, self.request)
+        Answer::new(model, desc, slot, self.request, &self.regions)
     }
 }
 
