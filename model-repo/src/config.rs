@@ -298,6 +298,11 @@ impl ModelConfig {
         if self.pipeline.is_some() { "pipeline" } else { "onnxruntime_onnx" }
     }
 
+    /// Triton's `backend` name for its model configuration.
+    pub fn backend(&self) -> &'static str {
+        if self.pipeline.is_some() { "pipeline" } else { "onnxruntime" }
+    }
+
     /// The output classification reads.
     pub fn scores_output(&self) -> Option<(usize, &TensorConfig)> {
         let p = self.postprocess.as_ref()?;

@@ -90,7 +90,7 @@ pub fn model_config(model: &Model) -> proto::ModelConfig {
     proto::ModelConfig {
         name: model.name.clone(),
         platform: c.platform().into(),
-        backend: if c.pipeline.is_some() { "pipeline" } else { "onnxruntime" }.into(),
+        backend: c.backend().into(),
         version_policy: Some(version_policy(&c.version_policy)),
         max_batch_size: c.max_batch_size as i32,
         input: inputs,
@@ -121,22 +121,8 @@ fn version_policy(p: &VersionPolicy) -> proto::ModelVersionPolicy {
     proto::ModelVersionPolicy { policy_choice: Some(choice) }
 }
 
-/// Triton's config type of a v2 datatype (BYTES is `TYPE_STRING`).
-fn data_type(d: DType) -> DataType {
-    match d {
-        DType::Bool => DataType::TypeBool,
-        DType::U8 => DataType::TypeUint8,
-        DType::U16 => DataType::TypeUint16,
-        DType::U32 => DataType::TypeUint32,
-        DType::U64 => DataType::TypeUint64,
-        DType::I8 => DataType::TypeInt8,
-        DType::I16 => DataType::TypeInt16,
-        DType::I32 => DataType::TypeInt32,
-        DType::I64 => DataType::TypeInt64,
-        DType::F16 => DataType::TypeFp16,
-        DType::F32 => DataType::TypeFp32,
-        DType::F64 => DataType::TypeFp64,
-        DType::Bytes => DataType::TypeString,
-        DType::BF16 => DataType::TypeBf16,
-    }
+/// Triton's config type of a v2 datatype (BYTES is `TYPE_STRING`): the
+/// enum value of the name its JSON config uses.
+pub(super) fn data_type(d: DType) -> DataType {
+    DataType::from_str_name(&crate::v2::config_type(d)).expect("every v2 datatype has a Triton type; this is a bug")
 }

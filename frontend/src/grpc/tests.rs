@@ -11,8 +11,10 @@ use model_repo::DType;
 use serde_json::json;
 use tonic::metadata::MetadataMap;
 
+use super::config::data_type;
 use super::convert::{held_bytes, infer_request, response};
 use super::infer::budget;
+use super::proto::DataType;
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest};
@@ -273,4 +275,15 @@ fn an_empty_request_is_the_default_v2_request() {
     let req = infer_request(request(vec![input("a", "FP32", &[1], typed)], vec![])).unwrap();
     let expected = InferRequest { inputs: req.inputs.clone(), ..InferRequest::default() };
     assert_eq!(req, expected);
+}
+
+#[test]
+fn every_datatype_has_its_triton_config_type() {
+    for d in DType::ALL {
+        let t = data_type(d);
+        assert_ne!(t, DataType::TypeInvalid, "{d:?}");
+        assert_eq!(t.as_str_name(), crate::v2::config_type(d), "{d:?}");
+    }
+    assert_eq!(data_type(DType::Bytes), DataType::TypeString);
+    assert_eq!(data_type(DType::F32), DataType::TypeFp32);
 }

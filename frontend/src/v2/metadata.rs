@@ -2,7 +2,7 @@
 //! bodies, shaped as Triton sends them: tritonclient returns these JSON
 //! objects to the user as they are.
 
-use model_repo::{Model, TensorConfig, VersionPolicy};
+use model_repo::{DType, Model, TensorConfig, VersionPolicy};
 use serde_json::{Value, json};
 
 /// Protocol extensions this server implements, as named in Triton's list.
@@ -55,14 +55,12 @@ pub fn model_metadata(model: &Model, versions: &[u64]) -> Vec<u8> {
 pub fn model_config(model: &Model) -> Vec<u8> {
     let c = &model.config;
     let tensors = |list: &[TensorConfig]| -> Vec<Value> {
-        list.iter()
-            .map(|t| json!({"name": t.name, "data_type": format!("TYPE_{}", triton_type(t.datatype.name())), "dims": t.dims}))
-            .collect()
+        list.iter().map(|t| json!({"name": t.name, "data_type": config_type(t.datatype), "dims": t.dims})).collect()
     };
     let mut cfg = json!({
         "name": model.name,
         "platform": c.platform(),
-        "backend": if c.pipeline.is_some() { "pipeline" } else { "onnxruntime" },
+        "backend": c.backend(),
         "version_policy": version_policy(&c.version_policy),
         "max_batch_size": c.max_batch_size,
         "input": tensors(&c.inputs),
@@ -88,11 +86,12 @@ fn version_policy(p: &VersionPolicy) -> Value {
     }
 }
 
-/// Triton's config names for the v2 datatypes (`FP32` → `FP32`, `BYTES` → `STRING`).
-fn triton_type(v2: &str) -> &str {
-    match v2 {
-        "BYTES" => "STRING",
-        t => t,
+/// Triton's config type of a v2 datatype (`FP32` → `TYPE_FP32`, `BYTES` →
+/// `TYPE_STRING`), as its JSON config and its protobuf enum name it.
+pub fn config_type(d: DType) -> String {
+    match d {
+        DType::Bytes => "TYPE_STRING".into(),
+        d => format!("TYPE_{}", d.name()),
     }
 }
 

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use model_repo::{DType, Model};
 
-pub use metadata::{error_body, model_config, model_metadata, server_metadata};
+pub use metadata::{config_type, error_body, model_config, model_metadata, server_metadata};
 pub use parse::{add_output, check_binary, has_inputs, input_header, parse_infer, request_parameters};
 pub use raw::parse_raw;
 pub use render::render_infer;
