@@ -181,3 +181,15 @@ pub fn reused(old: Option<&Model>, new: &Model) -> bool {
 pub fn present(table: &Repository) -> impl Iterator<Item = (u16, &Model)> {
     table.models.iter().enumerate().filter(|(_, m)| m.state != ModelState::Unloaded).map(|(i, m)| (i as u16, m))
 }
+
+/// The entries a statistics request covers: every entry still present
+/// (`name` None), every version of `name` still present, or the one
+/// `version` names.
+pub fn stats_entries(table: &Repository, name: Option<&str>, version: Option<&str>) -> Result<Vec<u16>, ApiError> {
+    let Some(name) = name else { return Ok(present(table).map(|(i, _)| i).collect()) };
+    let (index, _) = find(table, name, version)?;
+    Ok(match version {
+        Some(_) => vec![index],
+        None => present(table).filter(|(_, m)| m.name == name).map(|(i, _)| i).collect(),
+    })
+}

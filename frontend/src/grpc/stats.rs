@@ -19,15 +19,7 @@ pub fn model_statistics(
     version: Option<&str>,
 ) -> Result<proto::ModelStatisticsResponse, ApiError> {
     let t = state.table();
-    let entries: Vec<u16> = if name.is_empty() {
-        table::present(&t).map(|(i, _)| i).collect()
-    } else {
-        let (index, _) = table::find(&t, name, version)?;
-        match version {
-            Some(_) => vec![index],
-            None => table::present(&t).filter(|(_, m)| m.name == name).map(|(i, _)| i).collect(),
-        }
-    };
+    let entries = table::stats_entries(&t, (!name.is_empty()).then_some(name), version)?;
     let json: Value = serde_json::from_slice(&crate::stats::render(state, &t, &entries)?)
         .map_err(|e| ApiError::Internal(format!("statistics: {e}; this is a bug")))?;
     let items = json["model_stats"].as_array().map(Vec::as_slice).unwrap_or_default();

@@ -60,8 +60,7 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
         ["v2", "models", "stats"] => match get {
             true => {
                 let table = state.table();
-                let all: Vec<u16> = table::present(&table).map(|(i, _)| i).collect();
-                Ok(response::json(stats::render(state, &table, &all)?))
+                Ok(response::json(stats::render(state, &table, &table::stats_entries(&table, None, None)?)?))
             }
             false => Err(wrong()),
         },
@@ -101,16 +100,12 @@ async fn table<B: BodySource>(state: &State, method: &Method, path: &str, req: R
                 return Ok(infer::infer(state, &serving, req).await);
             }
             let table = state.table();
-            let (index, model): (u16, &Model) = table::find(&table, name, version)?;
+            let (_, model): (u16, &Model) = table::find(&table, name, version)?;
             match rest {
                 [] if get => Ok(response::json(v2::model_metadata(model, &table.versions_of(name)))),
                 ["ready"] if get => Ok(readiness(state)),
                 ["stats"] if get => {
-                    // Every version of the model still loaded, or the one asked for.
-                    let entries: Vec<u16> = match version {
-                        Some(_) => vec![index],
-                        None => table::present(&table).filter(|(_, m)| m.name == *name).map(|(i, _)| i).collect(),
-                    };
+                    let entries = table::stats_entries(&table, Some(name), version)?;
                     Ok(response::json(stats::render(state, &table, &entries)?))
                 }
                 ["config"] if get => Ok(response::json(v2::model_config(model))),
