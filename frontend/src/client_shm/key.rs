@@ -68,7 +68,9 @@ pub fn read_exact(fd: &OwnedFd, mut dst: &mut [u8], mut at: usize) -> Result<(),
 }
 
 /// Writes `src` at `at`, after checking that the object still reaches that
-/// far: a write past its end would grow it, out of the client's sight.
+/// far: a write past its end would grow it, out of the client's sight (a
+/// check, not a guarantee: a client that shrinks the object between the
+/// check and the write has it grown back).
 pub fn write_all(fd: &OwnedFd, mut src: &[u8], mut at: usize) -> Result<(), String> {
     let have = rustix::fs::fstat(fd).map_err(|e| format!("examining it failed: {e}"))?.st_size;
     if u64::try_from(have).unwrap_or(0) < (at + src.len()) as u64 {
