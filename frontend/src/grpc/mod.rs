@@ -61,7 +61,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, mut dra
     };
     let server = tonic::transport::Server::builder()
         // HTTP/2's defaults (64 KiB windows, 16 KiB frames) make a client
-        // wait for window updates within one 110 KiB tensor and cut it in
+        // wait for window updates within one 108 KiB tensor (ppocr_cls's) and cut it in
         // seven frames, each copied apart: a request's tensor fits one
         // window and few frames instead.
         .initial_stream_window_size(Some(WINDOW))

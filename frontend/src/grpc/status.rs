@@ -43,12 +43,6 @@ pub fn status(e: &ApiError) -> Status {
     status
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
-        status(&e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
